@@ -1,0 +1,41 @@
+"""The greeting bot of the original README, in the terminal.
+
+Run it with ``uv run examples/greeting_bot.py``; type a name, then ``quit`` to leave.
+Set ``CHAT_STATE_DIR`` to keep each chat's place in files across restarts.
+"""
+
+import os
+
+from chat_orchestrator.cli import chat_loop
+from chat_orchestrator.orchestrator import ChatOrchestrator
+from chat_orchestrator.senders.base import MessageSender
+from chat_orchestrator.senders.console import ConsoleMessageSender
+from chat_orchestrator.state_managers.base import StateManager
+from chat_orchestrator.state_managers.file import FileStateManager
+from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
+
+state_dir = os.environ.get("CHAT_STATE_DIR")
+state_manager: StateManager = (
+    FileStateManager(state_dir=state_dir) if state_dir else InMemoryStateManager()
+)
+orchestrator = ChatOrchestrator(state_manager, ConsoleMessageSender())
+
+
+@orchestrator.register_step("start")
+def start_step(
+    chat_id: str, user_input: str | None, context: dict[str, object], sender: MessageSender
+) -> tuple[str, dict[str, object]]:
+    sender.send_message(chat_id, "Hello! What's your name?")
+    return "get_name", {}
+
+
+@orchestrator.register_step("get_name")
+def get_name_step(
+    chat_id: str, user_input: str | None, context: dict[str, object], sender: MessageSender
+) -> tuple[str, dict[str, object]]:
+    sender.send_message(chat_id, f"Nice to meet you, {user_input}!")
+    return "start", {}
+
+
+if __name__ == "__main__":
+    chat_loop(orchestrator, "console_user")

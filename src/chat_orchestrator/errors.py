@@ -1,0 +1,187 @@
+"""Every exception chat-orchestrator raises, in one tree.
+
+::
+
+    ChatOrchestratorError
+     ├── ConversationDefinitionError      a flow is wrong as written (found before any message)
+     ├── InvalidChatIdError (ValueError)  a chat id that no backend may store
+     ├── TurnError                        one turn failed; .chat_id and .state_id say where
+     │    ├── StepError                   the step raised (original chained as __cause__)
+     │    ├── InvalidStepResultError      the step returned something that is not (str, context)
+     │    ├── UnknownStateError           no step is registered for a returned or stored state
+     │    ├── TransitionError             the step returned a target it did not declare
+     │    └── ContextError
+     │         ├── ContextSerializationError   the new context is not plain JSON
+     │         └── ContextValidationError      a context does not fit the conversation's model
+     ├── StateManagerError                the state backend failed
+     │    ├── StateManagerUnavailableError     it cannot be reached (host/port named, no secrets)
+     │    ├── CorruptStateError                a stored record cannot be read
+     │    ├── VersionConflictError             a conditional write lost against another writer
+     │    └── LockTimeoutError                 the chat's lock could not be had in time
+     ├── SenderError                      a message could not be sent
+     │    └── WhatsAppAPIError                 the Graph API answered with an error body
+     ├── WebhookError                     an inbound request was refused; .status is the answer
+     └── MissingDependencyError (ImportError)  an optional driver is not installed; names the extra
+
+A turn that fails with any of these leaves the stored record exactly as it was.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChatOrchestratorError",
+    "ContextError",
+    "ContextSerializationError",
+    "ContextValidationError",
+    "ConversationDefinitionError",
+    "CorruptStateError",
+    "InvalidChatIdError",
+    "InvalidStepResultError",
+    "LockTimeoutError",
+    "MissingDependencyError",
+    "SenderError",
+    "StateManagerError",
+    "StateManagerUnavailableError",
+    "StepError",
+    "TransitionError",
+    "TurnError",
+    "UnknownStateError",
+    "VersionConflictError",
+    "WebhookError",
+    "WhatsAppAPIError",
+    "describe_chat_id",
+]
+
+
+def describe_chat_id(chat_id: object, limit: int = 60) -> str:
+    """A short printable form of a chat id for messages (ids may be 10,000 chars or hold NUL)."""
+    text = repr(chat_id)
+    return text if len(text) <= limit else f"{text[: limit - 12]}...(len {len(str(chat_id))})"
+
+
+class ChatOrchestratorError(Exception):
+    """Root of every error raised by chat-orchestrator."""
+
+
+class ConversationDefinitionError(ChatOrchestratorError):
+    """A conversation or orchestrator definition is invalid; ``problems`` lists every finding."""
+
+    def __init__(self, owner: str, problems: list[str]) -> None:
+        self.owner = owner
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"{owner} is not a valid conversation ({len(self.problems)} problems):\n{lines}"
+        )
+
+
+class InvalidChatIdError(ChatOrchestratorError, ValueError):
+    """A chat id was not a non-empty ``str`` that every backend can store."""
+
+
+class TurnError(ChatOrchestratorError):
+    """One turn for one chat failed; nothing was stored."""
+
+    def __init__(self, message: str, *, chat_id: str, state_id: str | None) -> None:
+        self.chat_id = chat_id
+        self.state_id = state_id
+        where = f"chat {describe_chat_id(chat_id)}"
+        if state_id is not None:
+            where += f", state {state_id!r}"
+        super().__init__(f"{message} ({where})")
+
+
+class StepError(TurnError):
+    """The step function raised; the original exception is ``__cause__``."""
+
+
+class InvalidStepResultError(TurnError):
+    """The step returned something other than ``(next_state_id: str, context)``."""
+
+
+class UnknownStateError(TurnError):
+    """A state id (returned by a step, or found in storage) has no registered step."""
+
+
+class TransitionError(TurnError):
+    """The step returned a next state outside the targets it declared."""
+
+
+class ContextError(TurnError):
+    """A conversation context could not be stored or loaded."""
+
+
+class ContextSerializationError(ContextError):
+    """The context a step returned cannot be stored as plain JSON."""
+
+
+class ContextValidationError(ContextError):
+    """A context (stored or returned) does not validate against the conversation's model."""
+
+
+class StateManagerError(ChatOrchestratorError):
+    """A state manager could not do what was asked."""
+
+
+class StateManagerUnavailableError(StateManagerError):
+    """The backend cannot be reached. The message names the address, never credentials."""
+
+
+class CorruptStateError(StateManagerError):
+    """A stored record exists but cannot be read; it is left untouched."""
+
+
+class VersionConflictError(StateManagerError):
+    """A conditional write found a different version than the one it was based on."""
+
+
+class LockTimeoutError(StateManagerError):
+    """The chat's lock was not acquired within the configured time."""
+
+
+class SenderError(ChatOrchestratorError):
+    """A message sender failed to deliver a message to its channel."""
+
+
+class WhatsAppAPIError(SenderError):
+    """The WhatsApp Cloud API answered with an error body."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int,
+        code: int | None,
+        error_subcode: int | None = None,
+        type: str | None = None,
+        fbtrace_id: str | None = None,
+        details: str | None = None,
+    ) -> None:
+        self.http_status = http_status
+        self.code = code
+        self.error_subcode = error_subcode
+        self.type = type
+        self.fbtrace_id = fbtrace_id
+        self.details = details
+        super().__init__(message)
+
+
+class WebhookError(ChatOrchestratorError):
+    """An inbound webhook request was refused; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class MissingDependencyError(ChatOrchestratorError, ImportError):
+    """An optional dependency is missing; the message names the extra that installs it."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{package} is not installed; install it with "
+            f'`pip install "chat-orchestrator[{extra}]"`',
+            name=package,
+        )

@@ -1,0 +1,83 @@
+"""Process memory: the default backend for the console, tests and single-process bots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chat_orchestrator._jsonctx import decode_context, encode_context
+from chat_orchestrator.state_managers._locks import KeyedLock
+from chat_orchestrator.state_managers.base import StateManager, StateRecord
+
+__all__ = ["InMemoryStateManager"]
+
+
+class InMemoryStateManager(StateManager):
+    """Keeps records in a dict, serialized per chat across the threads of one process.
+
+    Contexts are held as JSON text, so a step mutating the dict it was handed can never
+    change the stored record unless the turn commits.
+    """
+
+    def __init__(self, *, lock_timeout: float | None = 60.0) -> None:
+        self._records: dict[str, tuple[str, str, int]] = {}
+        self._locks = KeyedLock()
+        self._lock_timeout = lock_timeout
+
+    # Seed methods write unconditionally, but bump the version so a concurrent turn notices.
+    def get_state(self, chat_id: str) -> tuple[str, dict[str, Any]] | None:
+        record = self.load(chat_id)
+        return None if record is None else (record.state_id, record.context)
+
+    def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
+        text = encode_context(context)
+        with self.lock(chat_id):
+            old = self._records.get(chat_id)
+            self._records[chat_id] = (state_id, text, 1 if old is None else old[2] + 1)
+
+    def delete_state(self, chat_id: str) -> None:
+        with self.lock(chat_id):
+            self._records.pop(chat_id, None)
+
+    def load(self, chat_id: str) -> StateRecord | None:
+        stored = self._records.get(chat_id)
+        if stored is None:
+            return None
+        return StateRecord(stored[0], decode_context(stored[1]), stored[2])
+
+    def compare_and_set(
+        self,
+        chat_id: str,
+        state_id: str,
+        context: dict[str, Any],
+        *,
+        expected_version: int,
+        encoded: str | None = None,
+    ) -> int:
+        text = encode_context(context) if encoded is None else encoded
+        # The caller holds the chat's lock and every writer here takes it: check-then-set is safe.
+        old = self._records.get(chat_id)
+        found = 0 if old is None else old[2]
+        self._check_version(chat_id, found, expected_version)
+        self._records[chat_id] = (state_id, text, found + 1)
+        return found + 1
+
+    def lock(self, chat_id: str) -> _Held:
+        return _Held(self._locks, chat_id, self._lock_timeout)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+class _Held:
+    """A cheap context manager over one KeyedLock entry (no generator on the hot path)."""
+
+    __slots__ = ("_entry", "_key", "_locks", "_timeout")
+
+    def __init__(self, locks: KeyedLock, key: str, timeout: float | None) -> None:
+        self._locks, self._key, self._timeout = locks, key, timeout
+
+    def __enter__(self) -> None:
+        self._entry = self._locks.acquire(self._key, self._timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        self._locks.release(self._key, self._entry)
