@@ -1,4 +1,4 @@
-"""Turn cost of the built-in local backends against raw loops doing the bare minimum.
+"""TurnLease cost of the built-in local backends against raw loops doing the bare minimum.
 
 Run by hand: ``uv run python bench/bench_turns.py`` (add ``--quick`` for a smoke run).
 Targets (issue 2): in-memory turn cost <= 3x one json.dumps+json.loads of the context;

@@ -35,7 +35,7 @@ from chat_orchestrator.state_managers import (
     InMemoryStateManager,
     StateManager,
     StateRecord,
-    Turn,
+    TurnLease,
 )
 
 __version__ = "0.1.0"
@@ -65,8 +65,8 @@ __all__ = [
     "StepFunction",
     "StepResult",
     "TransitionError",
-    "Turn",
     "TurnError",
+    "TurnLease",
     "UnknownStateError",
     "VersionConflictError",
     "WebhookError",

@@ -1,7 +1,9 @@
 """The ``chat-orchestrator`` command.
 
-``chat-orchestrator run TARGET`` chats with a flow in the terminal, where TARGET is
-``path/to/file.py:name`` or ``package.module:name`` naming a ChatOrchestrator.
+``chat-orchestrator run TARGET`` chats with a flow in the terminal;
+``chat-orchestrator graph TARGET`` prints its Mermaid state diagram. TARGET is
+``path/to/file.py:name`` or ``package.module:name`` naming a ChatOrchestrator or a
+Conversation subclass.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from chat_orchestrator.conversation import Conversation
 from chat_orchestrator.errors import ChatOrchestratorError
 from chat_orchestrator.orchestrator import ChatOrchestrator
+from chat_orchestrator.senders.console import ConsoleMessageSender
+from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 
 __all__ = ["chat_loop", "load_target", "main"]
 
@@ -76,18 +81,36 @@ def chat_loop(
             print(f"[error] {exc}", file=sys.stderr)
 
 
+def _flow(target_name: str) -> ChatOrchestrator | type[Conversation[Any]]:
+    target = load_target(target_name)
+    if isinstance(target, ChatOrchestrator):
+        return target
+    if isinstance(target, type) and issubclass(target, Conversation) and hasattr(target, "flow"):
+        return target
+    raise SystemExit(
+        f"{target_name} is a {type(target).__name__}, not a ChatOrchestrator or a Conversation"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="chat-orchestrator", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="chat-orchestrator", description="Run or draw a flow.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="chat with a flow in the terminal")
-    run.add_argument("target", help="file.py:name or module:name of a ChatOrchestrator")
+    run = commands.add_parser("run", help="chat with a flow in the terminal (in-memory state)")
+    run.add_argument("target", help="file.py:name or module:name")
     run.add_argument("--chat-id", default="console_user")
+    graph = commands.add_parser("graph", help="print the flow's Mermaid state diagram")
+    graph.add_argument("target", help="file.py:name or module:name")
     args = parser.parse_args(argv)
 
-    target = load_target(args.target)
-    if not isinstance(target, ChatOrchestrator):
-        raise SystemExit(f"{args.target} is a {type(target).__name__}, not a ChatOrchestrator")
-    chat_loop(target, args.chat_id)
+    flow = _flow(args.target)
+    if args.command == "graph":
+        sys.stdout.write(flow.mermaid())
+        return 0
+    if isinstance(flow, ChatOrchestrator):
+        orchestrator = flow
+    else:
+        orchestrator = flow(InMemoryStateManager(), ConsoleMessageSender()).orchestrator
+    chat_loop(orchestrator, args.chat_id)
     return 0
 
 

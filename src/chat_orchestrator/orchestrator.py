@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from chat_orchestrator._jsonctx import encode_context
+from chat_orchestrator._machine import FlowSpec, StateSpec, check_flow, mermaid
 from chat_orchestrator.errors import (
     ChatOrchestratorError,
     ContextSerializationError,
+    ConversationDefinitionError,
     InvalidStepResultError,
     StateManagerError,
     StepError,
@@ -25,18 +27,27 @@ from chat_orchestrator.errors import (
 from chat_orchestrator.senders.base import MessageSender
 from chat_orchestrator.state_managers.base import StateManager, StateRecord, validate_chat_id
 
-__all__ = ["ChatOrchestrator", "StepFunction", "StepResult"]
+__all__ = ["ChatOrchestrator", "StepFunction", "StepResult", "TypedStepFunction"]
 
 StepResult: TypeAlias = tuple[str, dict[str, Any]]
 #: ``(chat_id, user_input, context, sender) -> (next_state_id, new_context)``
 StepFunction: TypeAlias = Callable[[str, "str | None", dict[str, Any], MessageSender], StepResult]
 
 
+#: A step that encodes its own context: ``-> (next_state_id, context, context_json)``.
+#: The class API uses it so pydantic serializes the model once, in Rust.
+TypedStepFunction: TypeAlias = Callable[
+    [str, "str | None", dict[str, Any], MessageSender], tuple[str, dict[str, Any], str]
+]
+
+
 @dataclass(frozen=True, slots=True)
 class _Step:
-    function: StepFunction
+    function: StepFunction | TypedStepFunction
     #: Declared next states, or None when the step did not declare any (README style).
     targets: frozenset[str] | None
+    #: True when ``function`` is a TypedStepFunction.
+    encodes: bool = False
 
 
 class ChatOrchestrator:
@@ -85,9 +96,24 @@ class ChatOrchestrator:
         self, state_id: str, function: StepFunction, *, to: Iterable[str] | None = None
     ) -> None:
         """Register ``function`` for ``state_id`` (the non-decorator spelling)."""
+        self._register(state_id, _Step(function, None if to is None else frozenset(to)))
+
+    def add_typed_step(
+        self, state_id: str, function: TypedStepFunction, *, to: Iterable[str] | None = None
+    ) -> None:
+        """Register a step that returns ``(next_state_id, context, context_json)``.
+
+        The step vouches that ``context_json`` encodes ``context`` and loads back; the engine
+        still checks the next state. This is how the class API plugs into the engine.
+        """
+        self._register(
+            state_id, _Step(function, None if to is None else frozenset(to), encodes=True)
+        )
+
+    def _register(self, state_id: str, step: _Step) -> None:
         if state_id in self._steps:
             raise ValueError(f"a step is already registered for state {state_id!r}")
-        self._steps[state_id] = _Step(function, None if to is None else frozenset(to))
+        self._steps[state_id] = step
 
     @property
     def states(self) -> dict[str, frozenset[str] | None]:
@@ -122,10 +148,16 @@ class ChatOrchestrator:
             )
         try:
             result = step.function(chat_id, user_input, context, self.sender)
+        except TurnError:
+            raise  # already names chat and state (the class API's context errors)
         except Exception as exc:
             raise StepError(
                 f"step raised {type(exc).__name__}: {exc}", chat_id=chat_id, state_id=state_id
             ) from exc
+        if step.encodes:
+            new_state, new_context, encoded = result  # type: ignore[misc]
+            self._check_result(chat_id, state_id, step, (new_state, new_context))
+            return new_state, new_context, encoded
         new_state, new_context = self._check_result(chat_id, state_id, step, result)
         try:
             encoded = encode_context(new_context)
@@ -158,6 +190,33 @@ class ChatOrchestrator:
                 f"step returned {new_state!r}, which has no registered step", UnknownStateError
             )
         return new_state, new_context
+
+    # -- definition checks and diagrams ----------------------------------------------------
+    def flow_spec(self) -> FlowSpec:
+        return FlowSpec(
+            "orchestrator",
+            {
+                name: StateSpec(step.targets, initial=name == self.initial_state)
+                for name, step in self._steps.items()
+            },
+        )
+
+    def validate(self) -> None:
+        """Check the registered steps as the class API does; raise ConversationDefinitionError.
+
+        Steps registered without ``to=`` may go anywhere, so they are never flagged as traps
+        and make every state reachable.
+        """
+        problems = []
+        if self.initial_state not in self._steps:
+            problems.append(f"the initial state {self.initial_state!r} has no registered step")
+        problems.extend(p for p in check_flow(self.flow_spec()) if "no initial state" not in p)
+        if problems:
+            raise ConversationDefinitionError("orchestrator", problems)
+
+    def mermaid(self) -> str:
+        """A Mermaid ``stateDiagram-v2`` of the declared transitions."""
+        return mermaid(self.flow_spec())
 
     def reset(self, chat_id: str) -> None:
         """Forget a chat: its next message starts again in the initial state."""

@@ -4,8 +4,8 @@ Backends with optional drivers (``redis``, ``mongodb``) are imported from their 
 so importing this package never needs a driver.
 """
 
-from chat_orchestrator.state_managers.base import StateManager, StateRecord, Turn
+from chat_orchestrator.state_managers.base import StateManager, StateRecord, TurnLease
 from chat_orchestrator.state_managers.file import FileStateManager
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 
-__all__ = ["FileStateManager", "InMemoryStateManager", "StateManager", "StateRecord", "Turn"]
+__all__ = ["FileStateManager", "InMemoryStateManager", "StateManager", "StateRecord", "TurnLease"]

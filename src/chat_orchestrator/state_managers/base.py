@@ -26,7 +26,7 @@ from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import InvalidChatIdError, VersionConflictError, describe_chat_id
 from chat_orchestrator.state_managers._locks import KeyedLock
 
-__all__ = ["MAX_CHAT_ID_LENGTH", "StateManager", "StateRecord", "Turn", "validate_chat_id"]
+__all__ = ["MAX_CHAT_ID_LENGTH", "StateManager", "StateRecord", "TurnLease", "validate_chat_id"]
 
 #: Longest chat id accepted (characters). WhatsApp ids are ~15 digits; this leaves room for
 #: any channel's ids while keeping keys and file headers bounded.
@@ -68,7 +68,7 @@ class StateRecord:
     version: int
 
 
-class Turn:
+class TurnLease:
     """One chat's turn: holds the chat's lock from creation until :meth:`close`.
 
     ``record`` is what was stored when the turn began (``None`` for a new chat).
@@ -191,9 +191,9 @@ class StateManager(ABC):
         """
         return self._local_lock(chat_id)
 
-    def begin_turn(self, chat_id: str) -> Turn:
+    def begin_turn(self, chat_id: str) -> TurnLease:
         """Lock the chat and load its record; the orchestrator commits and closes the turn."""
-        return Turn(self, chat_id)
+        return TurnLease(self, chat_id)
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract on purpose

@@ -1,0 +1,344 @@
+"""The class API: a ``Conversation[Context]`` subclass whose ``@state`` methods are its states.
+
+::
+
+    class Signup(BaseModel):
+        name: str | None = None
+
+    class Onboarding(Conversation[Signup]):
+        @state(initial=True)
+        def ask_name(self, turn: Turn[Signup]) -> Literal["greet"]:
+            turn.send("What's your name?")
+            return "greet"
+
+        @state(final=True)
+        def greet(self, turn: Turn[Signup]) -> Literal["greet"]:
+            ...
+
+Each method's allowed next states are declared once: as its ``Literal[...]`` return
+annotation (mypy then checks the body) or as ``@state(to=[...])``. The class statement itself
+validates the flow and raises one ConversationDefinitionError listing every problem. At run
+time the conversation is a :class:`~chat_orchestrator.orchestrator.ChatOrchestrator` whose
+steps load the stored JSON into the context model and dump it back after the method.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
+
+from chat_orchestrator._machine import FlowSpec, StateSpec, check_flow, mermaid
+from chat_orchestrator.errors import ContextValidationError, ConversationDefinitionError
+from chat_orchestrator.orchestrator import ChatOrchestrator, TypedStepFunction
+from chat_orchestrator.senders.base import MessageSender
+from chat_orchestrator.state_managers.base import StateManager, validate_chat_id
+
+__all__ = ["Conversation", "Turn", "state"]
+
+C = TypeVar("C", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(slots=True)
+class Turn(Generic[C]):
+    """What a state method gets: the message, the chat's typed context, and a way to reply.
+
+    Mutate ``context`` in place or assign a new instance of the same model.
+    """
+
+    chat_id: str
+    text: str | None
+    context: C
+    state: str
+    sender: MessageSender
+
+    def send(self, text: str, options: dict[str, Any] | None = None) -> str | None:
+        """Reply to this chat; returns the channel's message id, if any."""
+        return self.sender.send_message(self.chat_id, text, options)
+
+
+@dataclass(frozen=True, slots=True)
+class _Marker:
+    initial: bool
+    final: bool
+    to: frozenset[str] | None
+
+
+_MARKER = "__chat_state__"
+
+
+@overload
+def state(function: F, /) -> F: ...
+@overload
+def state(
+    *, initial: bool = False, final: bool = False, to: Iterable[str] | None = None
+) -> Callable[[F], F]: ...
+def state(
+    function: F | None = None,
+    /,
+    *,
+    initial: bool = False,
+    final: bool = False,
+    to: Iterable[str] | None = None,
+) -> F | Callable[[F], F]:
+    """Mark a method as a state: ``@state``, ``@state(initial=True)``, ``@state(to=[...])``."""
+    if isinstance(to, str):
+        raise TypeError("@state(to=...) takes a list of state names, not a single str")
+    marker = _Marker(initial, final, None if to is None else frozenset(to))
+
+    def mark(fn: F) -> F:
+        setattr(fn, _MARKER, marker)
+        return fn
+
+    return mark if function is None else mark(function)
+
+
+class Conversation(Generic[C]):
+    """Base class of class-API flows. Subclass as ``Conversation[YourContextModel]``.
+
+    Pass ``abstract=True`` in the class statement for an intermediate base with no states.
+    """
+
+    context_type: ClassVar[type[BaseModel]]
+    initial_state: ClassVar[str]
+    flow: ClassVar[FlowSpec]
+
+    def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if abstract:
+            return
+        problems: list[str] = []
+        context_type = _context_type(cls, problems)
+        specs = _collect_states(cls, problems)
+        flow = FlowSpec(cls.__qualname__, specs)
+        problems.extend(check_flow(flow))
+        if problems:
+            raise ConversationDefinitionError(cls.__qualname__, problems)
+        assert context_type is not None
+        cls.context_type = context_type
+        cls.flow = flow
+        cls.initial_state = next(name for name, spec in specs.items() if spec.initial)
+
+    def __init__(self, state_manager: StateManager, sender: MessageSender) -> None:
+        cls = type(self)
+        if not hasattr(cls, "flow"):
+            raise TypeError(f"{cls.__qualname__} is abstract: it has no validated states")
+        self.orchestrator = ChatOrchestrator(state_manager, sender, cls.initial_state)
+        for name, spec in cls.flow.states.items():
+            targets = {name} if spec.final else spec.targets
+            step = _make_step(name, getattr(self, name), cls.context_type)
+            self.orchestrator.add_typed_step(name, step, to=targets)
+
+    def handle_message(self, chat_id: str, user_input: str | None) -> str:
+        """Run one turn; returns the chat's new state."""
+        return self.orchestrator.handle_message(chat_id, user_input)
+
+    def context_of(self, chat_id: str) -> C | None:
+        """The chat's stored context as the model, or None for a chat with no record."""
+        record = self.orchestrator.state_manager.load(validate_chat_id(chat_id))
+        if record is None:
+            return None
+        return _load_context(self._model(), record.context, chat_id, record.state_id)
+
+    def state_of(self, chat_id: str) -> str | None:
+        record = self.orchestrator.state_manager.load(validate_chat_id(chat_id))
+        return None if record is None else record.state_id
+
+    def reset(self, chat_id: str) -> None:
+        self.orchestrator.reset(chat_id)
+
+    @classmethod
+    def mermaid(cls) -> str:
+        """A Mermaid ``stateDiagram-v2`` of the flow."""
+        return mermaid(cls.flow)
+
+    def _model(self) -> type[C]:
+        return typing.cast("type[C]", type(self).context_type)
+
+
+def _load_context(model: type[C], data: dict[str, Any], chat_id: str, state_id: str) -> C:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ContextValidationError(
+            f"the stored context does not fit {model.__name__}: {exc}",
+            chat_id=chat_id,
+            state_id=state_id,
+        ) from exc
+
+
+def _make_step(
+    name: str, method: Callable[[Any], str], model: type[BaseModel]
+) -> TypedStepFunction:
+    """The engine step running ``method``: JSON dict -> model -> method -> JSON text."""
+
+    def step(
+        chat_id: str, user_input: str | None, context: dict[str, Any], sender: MessageSender
+    ) -> tuple[str, dict[str, Any], str]:
+        turn = Turn(chat_id, user_input, _load_context(model, context, chat_id, name), name, sender)
+        try:
+            next_state = method(turn)
+        except ValidationError as exc:
+            if exc.title != model.__name__:
+                raise  # the step's own validation failed: a StepError
+            raise ContextValidationError(
+                f"the step made the context invalid: {exc}", chat_id=chat_id, state_id=name
+            ) from exc
+        new_context = turn.context
+        if type(new_context) is not model:
+            raise ContextValidationError(
+                f"the context must be a {model.__name__}, got {type(new_context).__name__}",
+                chat_id=chat_id,
+                state_id=name,
+            )
+        try:
+            encoded = new_context.model_dump_json(warnings=False)
+            # Without validate_assignment a field can hold anything; refuse to store what
+            # would not load back into the model next turn.
+            model.model_validate_json(encoded)
+        except (ValidationError, PydanticSerializationError) as exc:
+            raise ContextValidationError(
+                f"the context would not load back into {model.__name__}: {exc}",
+                chat_id=chat_id,
+                state_id=name,
+            ) from exc
+        return next_state, new_context.model_dump(mode="json", warnings=False), encoded
+
+    step.__name__ = step.__qualname__ = name
+    return step
+
+
+# -- collection at class creation -------------------------------------------------------------
+_RESERVED = frozenset(dir(object)) | {"orchestrator", "context_type", "initial_state", "flow"}
+
+
+def _context_type(cls: type, problems: list[str]) -> type[BaseModel] | None:
+    for base in getattr(cls, "__orig_bases__", ()):
+        origin = typing.get_origin(base)
+        if isinstance(origin, type) and issubclass(origin, Conversation):
+            (argument,) = typing.get_args(base)
+            if isinstance(argument, type) and issubclass(argument, BaseModel):
+                _check_fresh_context(argument, problems)
+                return argument
+            problems.append(
+                f"context type {argument!r} is not a pydantic BaseModel subclass "
+                "(write Conversation[YourModel])"
+            )
+            return None
+    inherited: type[BaseModel] | None = getattr(cls, "context_type", None)
+    if inherited is None:
+        problems.append("no context type: subclass Conversation[YourModel]")
+    return inherited
+
+
+def _check_fresh_context(model: type[BaseModel], problems: list[str]) -> None:
+    try:
+        model()
+    except ValidationError as exc:
+        fields = sorted(str(error["loc"][0]) for error in exc.errors() if error["loc"])
+        problems.append(
+            f"context type {model.__name__} cannot be built empty (fields {fields} need "
+            "defaults): a new chat starts with an empty context"
+        )
+
+
+def _collect_states(cls: type, problems: list[str]) -> dict[str, StateSpec]:
+    specs: dict[str, StateSpec] = {}
+    reserved = _RESERVED | {n for n in vars(Conversation) if not n.startswith("__")}
+    for klass in reversed(cls.__mro__):  # base classes first: a subclass may override a state
+        for name, value in vars(klass).items():
+            function = value.__func__ if isinstance(value, staticmethod | classmethod) else value
+            marker = getattr(function, _MARKER, None)
+            if not isinstance(marker, _Marker):
+                # A plain method overriding an inherited state removes that state.
+                specs.pop(name, None)
+                continue
+            if name in reserved:
+                problems.append(
+                    f"state {name!r} clashes with the Conversation base class attribute {name!r}"
+                )
+                continue
+            if isinstance(value, staticmethod | classmethod) or not inspect.isfunction(value):
+                problems.append(f"state {name!r} must be a plain method def {name}(self, turn)")
+                continue
+            _check_signature(name, value, problems)
+            specs[name] = StateSpec(
+                _targets(name, value, marker, problems), marker.initial, marker.final
+            )
+    return specs
+
+
+def _check_signature(name: str, function: Callable[..., Any], problems: list[str]) -> None:
+    if inspect.iscoroutinefunction(function) or inspect.isgeneratorfunction(function):
+        problems.append(f"state {name!r} must be a plain def (not async, not a generator)")
+        return
+    parameters = list(inspect.signature(function).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in parameters if p.default is p.empty and p.kind in positional]
+    takes_two = len(required) == 2 or (
+        len(required) < 2 and any(p.kind is p.VAR_POSITIONAL for p in parameters)
+    )
+    keyword_only_required = [
+        p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+    ]
+    if not takes_two or keyword_only_required:
+        shown = f"({', '.join(str(p) for p in parameters)})"
+        problems.append(f"state {name!r} has signature {shown}; it must be (self, turn)")
+
+
+def _targets(
+    name: str, function: Any, marker: _Marker, problems: list[str]
+) -> frozenset[str] | None:
+    annotated = _literal_targets(function)
+    if marker.to is not None:
+        if annotated is not None and annotated != marker.to:
+            problems.append(
+                f"state {name!r}: @state(to={sorted(marker.to)}) and its return annotation "
+                f"{sorted(annotated)} disagree"
+            )
+        return marker.to
+    if annotated is None:
+        if marker.final:
+            return frozenset({name})
+        problems.append(
+            f"state {name!r} declares no next states: annotate -> Literal[...] or use "
+            "@state(to=[...])"
+        )
+        return None  # unknown, not "none": do not also report it as a trap
+    return annotated
+
+
+def _literal_targets(function: Any) -> frozenset[str] | None:
+    annotation = function.__annotations__.get("return")
+    if isinstance(annotation, str):
+        try:
+            annotation = eval(annotation, function.__globals__, {"Literal": Literal})  # noqa: S307 - the user's own annotation, as typing.get_type_hints does
+        except Exception:
+            return None
+    values = _literal_values(annotation)
+    if values is None:
+        return None
+    names = [value for value in values if isinstance(value, str)]
+    return frozenset(names) if len(names) == len(values) else None
+
+
+def _literal_values(annotation: Any) -> list[object] | None:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return list(typing.get_args(annotation))
+    if origin is typing.Union or origin is types.UnionType:
+        values: list[object] = []
+        for member in typing.get_args(annotation):
+            member_values = _literal_values(member)
+            if member_values is None:
+                return None
+            values.extend(member_values)
+        return values
+    return None
