@@ -1,0 +1,251 @@
+"""MongoDB: shared state for many workers and machines.
+
+One document per chat, ``_id`` = the chat id (always a str: never a query operator):
+``s`` state, ``c`` context as JSON text (so context keys such as ``$where`` or ``a.b`` are
+stored as data, never interpreted), ``v`` version, ``at`` last write (for the optional TTL
+index), ``lk`` the last lease token and ``lu`` its end in epoch ms (0: free).
+
+A turn is two ``find_one_and_update``/``update_one`` round trips: take the lease and read the
+record; write it if ``v`` is still the version read and the lease is still ours, dropping the
+lease in the same update.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from chat_orchestrator._jsonctx import decode_context, encode_context
+from chat_orchestrator.errors import (
+    CorruptStateError,
+    MissingDependencyError,
+    StateManagerError,
+    StateManagerUnavailableError,
+    VersionConflictError,
+    describe_chat_id,
+)
+from chat_orchestrator.state_managers._leased import LeasedStateManager
+from chat_orchestrator.state_managers.base import StateRecord
+
+try:
+    import pymongo
+    from pymongo import ReturnDocument
+    from pymongo.collection import Collection
+    from pymongo.errors import (
+        ConnectionFailure,
+        DocumentTooLarge,
+        DuplicateKeyError,
+        PyMongoError,
+    )
+    from pymongo.uri_parser import parse_uri
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise MissingDependencyError("pymongo", "mongo") from exc
+
+__all__ = ["MongoDBStateManager"]
+
+T = TypeVar("T")
+_RECORD_FIELDS = {"s": 1, "c": 1, "v": 1}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MongoDBStateManager(LeasedStateManager):
+    """State in a MongoDB collection for any number of worker processes.
+
+    ``lock_lease`` (s): how long a turn may hold a chat before another worker may take it
+    (measured with the workers' clocks: keep them in sync). ``lock_timeout`` (s): how long a
+    turn waits for a busy chat. ``ttl`` (s, optional): a TTL index drops chats idle that long.
+    """
+
+    def __init__(
+        self,
+        uri: str = "mongodb://localhost:27017",
+        *,
+        database: str = "chat_orchestrator",
+        collection: str | Collection[dict[str, Any]] = "chat_states",
+        client: pymongo.MongoClient[dict[str, Any]] | None = None,
+        ttl: float | None = None,
+        lock_lease: float = 30.0,
+        lock_timeout: float | None = 10.0,
+        timeout: float = 5.0,
+    ) -> None:
+        if isinstance(collection, Collection):
+            self._collection = collection
+            self._address = ",".join(f"{h}:{p}" for h, p in collection.database.client.nodes)
+        else:
+            if client is None:
+                ms = int(timeout * 1000)
+                client = pymongo.MongoClient(
+                    uri,
+                    serverSelectionTimeoutMS=ms,
+                    connectTimeoutMS=ms,
+                    socketTimeoutMS=ms,
+                )
+                nodes = parse_uri(uri)["nodelist"]
+                self._address = ",".join(f"{host}:{port}" for host, port in nodes)
+            else:
+                self._address = ",".join(f"{h}:{p}" for h, p in client.nodes) or "injected client"
+            self._collection = client[database][collection]
+        self._lease_ms = max(1, int(lock_lease * 1000))
+        self._lock_timeout = lock_timeout
+        if ttl is not None:
+            self._call(
+                "create the TTL index for",
+                "*",
+                lambda: self._collection.create_index("at", expireAfterSeconds=max(1, int(ttl))),
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"MongoDBStateManager(address={self._address!r}, "
+            f"collection={self._collection.full_name!r})"
+        )
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _call(self, what: str, chat_id: str, function: Callable[[], T]) -> T:
+        try:
+            return function()
+        except ConnectionFailure as exc:
+            raise StateManagerUnavailableError(
+                f"MongoDB at {self._address} is unavailable while trying to {what} chat "
+                f"{describe_chat_id(chat_id)}: {type(exc).__name__}"
+            ) from None
+        except DocumentTooLarge as exc:
+            raise StateManagerError(
+                f"the record of chat {describe_chat_id(chat_id)} is over MongoDB's document "
+                f"size limit (16 MiB): {exc}"
+            ) from None
+        except DuplicateKeyError:
+            raise
+        except PyMongoError as exc:
+            raise StateManagerError(
+                f"MongoDB at {self._address} failed to {what} chat {describe_chat_id(chat_id)}: "
+                f"{type(exc).__name__}"
+            ) from None
+
+    @staticmethod
+    def _record(chat_id: str, doc: dict[str, Any] | None) -> StateRecord | None:
+        if doc is None or "v" not in doc:
+            return None  # no document, or only another turn's lease on a new chat
+        try:
+            state_id, version = doc["s"], doc["v"]
+            if not isinstance(state_id, str) or not isinstance(version, int) or version < 1:
+                raise ValueError("bad state or version")
+            return StateRecord(state_id, decode_context(doc["c"]), version)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStateError(
+                f"the MongoDB record of chat {describe_chat_id(chat_id)} cannot be read: {exc}"
+            ) from exc
+
+    # -- seed methods -----------------------------------------------------------------------
+    def get_state(self, chat_id: str) -> tuple[str, dict[str, Any]] | None:
+        record = self.load(chat_id)
+        return None if record is None else (record.state_id, record.context)
+
+    def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
+        text = encode_context(context)
+        update = {
+            "$set": {"s": state_id, "c": text, "at": _utcnow()},
+            "$inc": {"v": 1},
+            "$setOnInsert": {"lu": 0},
+        }
+        self._call(
+            "write",
+            chat_id,
+            lambda: self._collection.update_one({"_id": chat_id}, update, upsert=True),
+        )
+
+    def delete_state(self, chat_id: str) -> None:
+        self._call("delete", chat_id, lambda: self._collection.delete_one({"_id": chat_id}))
+
+    # -- versioned records ------------------------------------------------------------------
+    def load(self, chat_id: str) -> StateRecord | None:
+        doc = self._call(
+            "read", chat_id, lambda: self._collection.find_one({"_id": chat_id}, _RECORD_FIELDS)
+        )
+        return self._record(chat_id, doc)
+
+    def _write(
+        self,
+        chat_id: str,
+        token: str | None,
+        expected: int,
+        state_id: str,
+        context: dict[str, Any],
+        encoded: str | None,
+    ) -> int:
+        text = encode_context(context) if encoded is None else encoded
+        query: dict[str, Any] = {"_id": chat_id, "v": expected if expected else {"$exists": False}}
+        update: dict[str, Any] = {
+            "$set": {"s": state_id, "c": text, "v": expected + 1, "at": _utcnow()}
+        }
+        if token is not None:
+            query["lk"] = token  # still our lease (an expired one nobody took is still ours)
+            update["$set"]["lu"] = 0  # drop the lease in the same write
+        else:
+            update["$setOnInsert"] = {"lu": 0}
+        try:
+            result = self._call(
+                "write",
+                chat_id,
+                lambda: self._collection.update_one(
+                    query, update, upsert=token is None and not expected
+                ),
+            )
+            written = result.matched_count == 1 or result.upserted_id is not None
+        except DuplicateKeyError:
+            written = False  # an upsert for a new chat met an existing document
+        if not written:
+            current = self.load(chat_id)
+            found = 0 if current is None else current.version
+            detail = "another worker took its lease" if found == expected else "it changed"
+            raise VersionConflictError(
+                f"chat {describe_chat_id(chat_id)} is at version {found} and {detail}; "
+                f"the write expected version {expected}"
+            )
+        return expected + 1
+
+    # -- leases ---------------------------------------------------------------------------
+    def _try_acquire(self, chat_id: str, token: str) -> tuple[bool, StateRecord | None]:
+        now = _now_ms()
+        # Every document has ``lu`` (0 when free), so one range condition finds a free lease.
+        query = {"_id": chat_id, "lu": {"$lt": now}}
+        update = {"$set": {"lk": token, "lu": now + self._lease_ms}}
+        try:
+            doc = self._call(
+                "lock",
+                chat_id,
+                lambda: self._collection.find_one_and_update(
+                    query,
+                    update,
+                    projection=_RECORD_FIELDS,
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                ),
+            )
+        except DuplicateKeyError:
+            doc = None  # MongoDB: the document exists and its lease is live
+        # nx-27017 answers that same case with no document instead of the duplicate key error.
+        return (False, None) if doc is None else (True, self._record(chat_id, doc))
+
+    def _unlock(self, chat_id: str, token: str) -> None:
+        def release() -> None:
+            # A new chat whose first turn failed leaves no lease-only document behind.
+            removed = self._collection.delete_one(
+                {"_id": chat_id, "lk": token, "v": {"$exists": False}}
+            )
+            if removed.deleted_count == 0:
+                self._collection.update_one({"_id": chat_id, "lk": token}, {"$set": {"lu": 0}})
+
+        self._call("unlock", chat_id, release)
+
+    def close(self) -> None:
+        self._collection.database.client.close()
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,239 @@
+"""A conformance kit for state managers: run it on your own backend in a test.
+
+::
+
+    from chat_orchestrator.testing.conformance import check_state_manager
+
+    def test_my_manager_conforms():
+        check_state_manager(lambda: MyStateManager(...))   # each call: an empty store
+
+It runs Hypothesis property tests (``pip install "chat-orchestrator[testing]"``):
+
+* a rule-based state machine driving ``get_state``/``set_state``/``delete_state``/``load``/
+  ``save`` (with current, stale and zero versions) and whole turns (``begin_turn`` ->
+  ``commit``/``close``) over a small pool of awkward chat ids, against a plain dict model;
+* round trips of arbitrary JSON contexts and of arbitrary Unicode chat ids.
+
+Versions are compared as the manager reports them, so a manager with content-fingerprint
+versions (the default for the three seed methods) passes as well as a counting one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chat_orchestrator.errors import MissingDependencyError, VersionConflictError
+from chat_orchestrator.state_managers.base import MAX_CHAT_ID_LENGTH, StateManager
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import (
+        RuleBasedStateMachine,
+        invariant,
+        rule,
+        run_state_machine_as_test,
+    )
+except ImportError as exc:  # pragma: no cover - the kit needs hypothesis
+    raise MissingDependencyError("hypothesis", "testing") from exc
+
+__all__ = [
+    "CHAT_ID_POOL",
+    "chat_ids",
+    "check_state_manager",
+    "json_contexts",
+    "run_json_round_trips",
+    "run_rule_based",
+]
+
+#: Chat ids the rule-based test mixes: path tricks, key-naming tricks, case, unicode, NUL.
+CHAT_ID_POOL = (
+    "alice",
+    "Alice",
+    "../../etc/passwd",
+    "{a}",
+    "a:b",
+    "*",
+    "chat:{x}:l:y",
+    "$where",
+    "ünï😀",
+    "a\x00b",
+)
+
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not math.isnan(f))
+    | st.text(max_size=30)
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def json_contexts() -> st.SearchStrategy[dict[str, Any]]:
+    """Arbitrary JSON objects (str keys, finite numbers, nesting)."""
+    return st.dictionaries(st.text(max_size=12), _json_values, max_size=6)
+
+
+def chat_ids() -> st.SearchStrategy[str]:
+    """Arbitrary valid chat ids: any non-empty Unicode text without lone surrogates."""
+    return st.text(
+        st.characters(exclude_categories=["Cs"]), min_size=1, max_size=MAX_CHAT_ID_LENGTH // 64
+    )
+
+
+_SETTINGS = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+
+
+@dataclass
+class _Expected:
+    state_id: str
+    context: dict[str, Any]
+    version: int
+    #: Every version this chat has shown; any but the current one is stale.
+    seen: set[int] = field(default_factory=set)
+
+
+def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 40) -> None:
+    """Drive a fresh manager per run with random operations; compare with a dict model."""
+
+    class Conformance(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.manager = factory()
+            self.model: dict[str, _Expected] = {}
+
+        def _observe(self, chat_id: str) -> None:
+            record = self.manager.load(chat_id)
+            assert record is not None, f"{chat_id!r} vanished"
+            expected = self.model[chat_id]
+            expected.version = record.version
+            expected.seen.add(record.version)
+
+        @rule(chat_id=st.sampled_from(CHAT_ID_POOL), state_id=st.text(min_size=1, max_size=8),
+              context=json_contexts())  # fmt: skip
+        def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
+            self.manager.set_state(chat_id, state_id, context)
+            old = self.model.get(chat_id)
+            self.model[chat_id] = _Expected(
+                state_id, context, 0, set() if old is None else old.seen
+            )
+            self._observe(chat_id)
+
+        @rule(chat_id=st.sampled_from(CHAT_ID_POOL))
+        def delete_state(self, chat_id: str) -> None:
+            self.manager.delete_state(chat_id)
+            self.model.pop(chat_id, None)
+
+        @rule(chat_id=st.sampled_from(CHAT_ID_POOL), context=json_contexts(),
+              which=st.sampled_from(["current", "stale", "zero"]))  # fmt: skip
+        def save(self, chat_id: str, context: dict[str, Any], which: str) -> None:
+            expected = self.model.get(chat_id)
+            current = 0 if expected is None else expected.version
+            if which == "current":
+                version = current
+            elif which == "zero":
+                version = 0
+            else:
+                stale = sorted((expected.seen if expected else set()) - {current})
+                version = stale[0] if stale else current + 1_000_003
+            if version != current:
+                try:
+                    self.manager.save(chat_id, "saved", context, expected_version=version)
+                except VersionConflictError:
+                    return
+                raise AssertionError(f"save with stale version {version} (now {current}) passed")
+            new_version = self.manager.save(chat_id, "saved", context, expected_version=version)
+            assert new_version != 0
+            seen = set() if expected is None else expected.seen
+            self.model[chat_id] = _Expected("saved", context, new_version, seen | {new_version})
+            self._observe(chat_id)
+            assert self.model[chat_id].version == new_version, "load disagrees with save's version"
+
+        @rule(chat_id=st.sampled_from(CHAT_ID_POOL), context=json_contexts(),
+              commit=st.booleans())  # fmt: skip
+        def turn(self, chat_id: str, context: dict[str, Any], commit: bool) -> None:
+            from chat_orchestrator._jsonctx import encode_context
+
+            lease = self.manager.begin_turn(chat_id)
+            try:
+                expected = self.model.get(chat_id)
+                if expected is None:
+                    assert lease.record is None
+                else:
+                    assert lease.record is not None
+                    assert (lease.record.state_id, lease.record.context) == (
+                        expected.state_id,
+                        expected.context,
+                    )
+                if commit:
+                    lease.commit("turned", context, encode_context(context))
+            finally:
+                lease.close()
+            if commit:
+                old = self.model.get(chat_id)
+                self.model[chat_id] = _Expected(
+                    "turned", context, 0, set() if old is None else old.seen
+                )
+                self._observe(chat_id)
+
+        @invariant()
+        def matches_model(self) -> None:
+            for chat_id in CHAT_ID_POOL:
+                expected = self.model.get(chat_id)
+                got = self.manager.get_state(chat_id)
+                if expected is None:
+                    assert got is None, f"{chat_id!r} should be absent, found {got!r}"
+                else:
+                    assert got == (expected.state_id, expected.context), chat_id
+                    record = self.manager.load(chat_id)
+                    assert record is not None
+                    assert record.version == expected.version
+
+        def teardown(self) -> None:
+            self.manager.close()
+
+    run_state_machine_as_test(
+        Conformance,
+        settings=settings(max_examples=max_examples, stateful_step_count=25, **_SETTINGS),  # type: ignore[arg-type]
+    )
+
+
+def run_json_round_trips(factory: Callable[[], StateManager], *, max_examples: int = 60) -> None:
+    """Arbitrary JSON contexts and arbitrary Unicode chat ids store and load back exactly."""
+    manager = factory()
+    try:
+
+        @settings(max_examples=max_examples, **_SETTINGS)  # type: ignore[arg-type]
+        @given(chat_id=chat_ids(), context=json_contexts(), other=chat_ids())
+        def round_trip(chat_id: str, context: dict[str, Any], other: str) -> None:
+            manager.set_state(chat_id, "s", context)
+            assert manager.get_state(chat_id) == ("s", context)
+            if other != chat_id:
+                manager.set_state(other, "o", {})
+                assert manager.get_state(chat_id) == ("s", context), "two ids share a record"
+                manager.delete_state(other)
+            manager.delete_state(chat_id)
+            assert manager.get_state(chat_id) is None
+
+        round_trip()
+    finally:
+        manager.close()
+
+
+def check_state_manager(factory: Callable[[], StateManager], *, max_examples: int = 40) -> None:
+    """Run the whole kit; ``factory()`` must return a manager over an empty store each call."""
+    run_rule_based(factory, max_examples=max_examples)
+    run_json_round_trips(factory, max_examples=max_examples)

@@ -1,0 +1,169 @@
+"""Real servers for the tests, started on free loopback ports and stopped by pid.
+
+Without a server binary a test is skipped with the reason, except under ``CI=true``, where a
+missing server fails the run: a skipped test is not a passed test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    for _ in range(1000):
+        port = free_port()
+        if port + 10000 <= 65535 and _is_free(port + 10000):
+            return port
+        candidate = 20000 + port % 30000
+        if _is_free(candidate) and _is_free(candidate + 10000):
+            return candidate
+    raise RuntimeError("no free port pair for a redis cluster node")
+
+
+def need_binary(name: str) -> str:
+    """The binary's path; skip the test without it (fail under CI=true)."""
+    candidates = [Path(sys.executable).parent / name, shutil.which(name)]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    reason = f"{name} is not installed (Debian: apt-get install redis-server)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class RedisServer:
+    """One redis-server on 127.0.0.1; ``stop()``/``start()`` keep its port and data dir."""
+
+    directory: Path
+    appendonly: bool = False
+    cluster: bool = False
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if self.cluster:
+            self.port = free_cluster_port()
+
+    def start(self) -> RedisServer:
+        binary = need_binary("redis-server")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--dir", str(self.directory), "--daemonize", "no", "--protected-mode", "yes"]
+        args += ["--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.proc, "redis-server")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+
+def create_cluster(nodes: list[RedisServer]) -> None:
+    cli = need_binary("redis-cli")
+    addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+    subprocess.run(
+        [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = [
+            subprocess.run(
+                [cli, "-p", str(node.port), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout
+            for node in nodes
+        ]
+        if all("cluster_state:ok" in state for state in states):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the redis cluster did not reach cluster_state:ok")
+
+
+@dataclass
+class NxServer:
+    """The nx-27017 MongoDB wire-protocol server, in memory."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}"
+
+    def start(self) -> NxServer:
+        binary = need_binary("nx-27017")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [binary, "--db", "memory", "-p", str(self.port), "--host", "127.0.0.1"]
+        args += ["--log-file", str(self.directory / "nx.log")]
+        args += ["--pid-file", str(self.directory / "nx.pid")]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.proc, "nx-27017", timeout=60)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
