@@ -19,6 +19,8 @@
      │    ├── VersionConflictError             a conditional write lost against another writer
      │    └── LockTimeoutError                 the chat's lock could not be had in time
      ├── SenderError                      a message could not be sent
+     │    ├── InvalidMessageError (ValueError) refused before any HTTP (too long, 4 buttons...)
+     │    ├── SenderTimeoutError               no answer in time: it may or may not have been sent
      │    └── WhatsAppAPIError                 the Graph API answered with an error body
      ├── WebhookError                     an inbound request was refused; .status is the answer
      └── MissingDependencyError (ImportError)  an optional driver is not installed; names the extra
@@ -36,10 +38,12 @@ __all__ = [
     "ConversationDefinitionError",
     "CorruptStateError",
     "InvalidChatIdError",
+    "InvalidMessageError",
     "InvalidStepResultError",
     "LockTimeoutError",
     "MissingDependencyError",
     "SenderError",
+    "SenderTimeoutError",
     "StateManagerError",
     "StateManagerUnavailableError",
     "StepError",
@@ -143,6 +147,17 @@ class SenderError(ChatOrchestratorError):
     """A message sender failed to deliver a message to its channel."""
 
 
+class InvalidMessageError(SenderError, ValueError):
+    """The message breaks a channel limit; nothing was sent."""
+
+
+class SenderTimeoutError(SenderError):
+    """The channel did not answer in time after the request was sent: it may have been delivered.
+
+    Not retried automatically, since a retry could send the message twice.
+    """
+
+
 class WhatsAppAPIError(SenderError):
     """The WhatsApp Cloud API answered with an error body."""
 
@@ -164,6 +179,13 @@ class WhatsAppAPIError(SenderError):
         self.fbtrace_id = fbtrace_id
         self.details = details
         super().__init__(message)
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the error code is one that a later retry may cure (see the sender)."""
+        from chat_orchestrator.senders.whatsapp_errors import is_retryable
+
+        return is_retryable(self.code, self.http_status)
 
 
 class WebhookError(ChatOrchestratorError):

@@ -101,3 +101,20 @@ def test_a_write_during_a_turn_makes_the_turn_fail(manager: StateManager) -> Non
 def test_delete_of_a_missing_chat_is_fine(manager: StateManager) -> None:
     manager.delete_state("nobody")
     assert manager.load("nobody") is None
+
+
+def test_claims_are_once_only_per_key(manager: StateManager) -> None:
+    assert manager.claim("wa:1:wamid.A", 3600) is True
+    assert manager.claim("wa:1:wamid.A", 3600) is False
+    assert manager.claim("wa:1:wamid.B", 3600) is True
+    assert manager.claim("{weird}:key/../x", 3600) is True
+    assert manager.claim("{weird}:key/../x", 3600) is False
+
+
+def test_an_expired_claim_can_be_taken_again(manager: StateManager) -> None:
+    import time
+
+    assert manager.claim("short", 0.05) is True
+    time.sleep(0.15)
+    assert manager.claim("short", 3600) is True
+    assert manager.claim("short", 3600) is False

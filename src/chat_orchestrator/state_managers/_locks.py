@@ -1,12 +1,14 @@
-"""Process-local per-key locks that do not grow without bound."""
+"""Process-local helpers: per-key locks and a claim table, neither growing without bound."""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import OrderedDict
 
 from chat_orchestrator.errors import LockTimeoutError, describe_chat_id
 
-__all__ = ["KeyedLock"]
+__all__ = ["ClaimTable", "KeyedLock"]
 
 
 class _Entry:
@@ -54,3 +56,29 @@ class KeyedLock:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ClaimTable:
+    """Keys seen in the last ``ttl`` seconds, in this process only."""
+
+    __slots__ = ("_deadlines", "_guard")
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._deadlines: OrderedDict[str, float] = OrderedDict()
+
+    def claim(self, key: str, ttl: float) -> bool:
+        now = time.monotonic()
+        with self._guard:
+            # Oldest first: drop what has expired so the table stays bounded by the ttl.
+            while self._deadlines:
+                oldest, deadline = next(iter(self._deadlines.items()))
+                if deadline > now:
+                    break
+                del self._deadlines[oldest]
+            current = self._deadlines.get(key)
+            if current is not None and current > now:
+                return False
+            self._deadlines[key] = now + ttl
+            self._deadlines.move_to_end(key)
+            return True

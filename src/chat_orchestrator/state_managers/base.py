@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Self
 
 from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import InvalidChatIdError, VersionConflictError, describe_chat_id
-from chat_orchestrator.state_managers._locks import KeyedLock
+from chat_orchestrator.state_managers._locks import ClaimTable, KeyedLock
 
 __all__ = ["MAX_CHAT_ID_LENGTH", "StateManager", "StateRecord", "TurnLease", "validate_chat_id"]
 
@@ -194,6 +194,18 @@ class StateManager(ABC):
     def begin_turn(self, chat_id: str) -> TurnLease:
         """Lock the chat and load its record; the orchestrator commits and closes the turn."""
         return TurnLease(self, chat_id)
+
+    # -- once-only markers (inbound message ids) ---------------------------------------------
+    def claim(self, key: str, ttl: float) -> bool:
+        """Record ``key`` as seen for ``ttl`` seconds; True only for the first caller.
+
+        Channels use it so a redelivered message runs at most once. Atomic across everything
+        that shares the store in the built-in backends; this default is **process-local**.
+        """
+        table: ClaimTable | None = self.__dict__.get("_claims")
+        if table is None:
+            table = self.__dict__.setdefault("_claims", ClaimTable())
+        return table.claim(key, ttl)
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract on purpose

@@ -157,6 +157,30 @@ class FileStateManager(StateManager):
                 time.sleep(pause)
                 pause = min(pause * 2, 0.02)
 
+    # -- once-only markers -----------------------------------------------------------------
+    def claim(self, key: str, ttl: float) -> bool:
+        """A marker file per key in ``state_dir/claims``, created with O_EXCL (atomic)."""
+        claims = self.state_dir / "claims"
+        claims.mkdir(exist_ok=True)
+        path = claims / hashlib.sha256(key.encode("utf-8")).hexdigest()
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                if not _claim_expired(path):
+                    return False
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # expired: whoever re-creates it first claims the key again
+                continue
+            except OSError as exc:
+                raise StateManagerError(f"cannot record key {key!r}: {exc.strerror}") from exc
+            try:
+                os.write(fd, repr(time.time() + ttl).encode())  # the marker's own deadline
+            finally:
+                os.close(fd)
+            return True
+        return False
+
     # -- writing ----------------------------------------------------------------------------
     def _write(self, chat_id: str, state_id: str, context_text: str, version: int) -> None:
         body = (
@@ -202,6 +226,16 @@ class FileStateManager(StateManager):
             with contextlib.suppress(OSError):
                 if tmp.stat().st_mtime < cutoff:
                     tmp.unlink()
+
+
+def _claim_expired(path: Path) -> bool:
+    try:
+        deadline = float(path.read_bytes())
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False  # being written by its creator right now: still live
+    return deadline < time.time()
 
 
 def _parse(chat_id: str, path: Path, raw: bytes) -> StateRecord:

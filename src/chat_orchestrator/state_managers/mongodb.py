@@ -90,6 +90,7 @@ class MongoDBStateManager(LeasedStateManager):
             else:
                 self._address = ",".join(f"{h}:{p}" for h, p in client.nodes) or "injected client"
             self._collection = client[database][collection]
+        self._claims_indexed = False
         self._lease_ms = max(1, int(lock_lease * 1000))
         self._lock_timeout = lock_timeout
         if ttl is not None:
@@ -208,6 +209,34 @@ class MongoDBStateManager(LeasedStateManager):
                 f"the write expected version {expected}"
             )
         return expected + 1
+
+    # -- once-only markers -----------------------------------------------------------------
+    def claim(self, key: str, ttl: float) -> bool:
+        """A document per key in ``<collection>_claims``; the unique ``_id`` makes it atomic."""
+        claims = self._collection.database[f"{self._collection.name}_claims"]
+        if not self._claims_indexed:
+            # Lets a real MongoDB delete markers once they are no longer needed.
+            self._call(
+                "index claims for",
+                key,
+                lambda: claims.create_index("at", expireAfterSeconds=max(1, int(ttl))),
+            )
+            self._claims_indexed = True
+        now = _now_ms()
+        until = now + max(1, int(ttl * 1000))
+
+        def insert() -> bool:
+            try:
+                claims.insert_one({"_id": key, "until": until, "at": _utcnow()})
+                return True
+            except DuplicateKeyError:
+                # Taken before: it counts again only once expired.
+                taken = claims.find_one_and_update(
+                    {"_id": key, "until": {"$lt": now}}, {"$set": {"until": until}}
+                )
+                return taken is not None
+
+        return self._call("claim", key, insert)
 
     # -- leases ---------------------------------------------------------------------------
     def _try_acquire(self, chat_id: str, token: str) -> tuple[bool, StateRecord | None]:

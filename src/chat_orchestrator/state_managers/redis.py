@@ -257,6 +257,15 @@ class RedisStateManager(LeasedStateManager):
             )
         return int(result)
 
+    # -- once-only markers -----------------------------------------------------------------
+    def claim(self, key: str, ttl: float) -> bool:
+        """``SET <prefix>m:<key> 1 NX PX ttl``: one key, one slot, atomic across workers."""
+        marker = f"{self._prefix}m:{key}"
+        ttl_ms = max(1, int(ttl * 1000))
+        return bool(
+            self._call("claim", key, lambda: self._client.set(marker, 1, nx=True, px=ttl_ms))
+        )
+
     # -- leases ---------------------------------------------------------------------------
     def _try_acquire(self, chat_id: str, token: str) -> tuple[bool, StateRecord | None]:
         keys = self.keys_for(chat_id)
