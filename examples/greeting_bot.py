@@ -14,27 +14,33 @@ from chat_orchestrator.state_managers.base import StateManager
 from chat_orchestrator.state_managers.file import FileStateManager
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 
+
+def greeting_orchestrator(state_manager: StateManager, sender: MessageSender) -> ChatOrchestrator:
+    """The README's two steps on any state manager and any channel."""
+    orchestrator = ChatOrchestrator(state_manager, sender)
+
+    @orchestrator.register_step("start")
+    def start_step(
+        chat_id: str, user_input: str | None, context: dict[str, object], sender: MessageSender
+    ) -> tuple[str, dict[str, object]]:
+        sender.send_message(chat_id, "Hello! What's your name?")
+        return "get_name", {}
+
+    @orchestrator.register_step("get_name")
+    def get_name_step(
+        chat_id: str, user_input: str | None, context: dict[str, object], sender: MessageSender
+    ) -> tuple[str, dict[str, object]]:
+        sender.send_message(chat_id, f"Nice to meet you, {user_input}!")
+        return "start", {}
+
+    return orchestrator
+
+
 state_dir = os.environ.get("CHAT_STATE_DIR")
 state_manager: StateManager = (
     FileStateManager(state_dir=state_dir) if state_dir else InMemoryStateManager()
 )
-orchestrator = ChatOrchestrator(state_manager, ConsoleMessageSender())
-
-
-@orchestrator.register_step("start")
-def start_step(
-    chat_id: str, user_input: str | None, context: dict[str, object], sender: MessageSender
-) -> tuple[str, dict[str, object]]:
-    sender.send_message(chat_id, "Hello! What's your name?")
-    return "get_name", {}
-
-
-@orchestrator.register_step("get_name")
-def get_name_step(
-    chat_id: str, user_input: str | None, context: dict[str, object], sender: MessageSender
-) -> tuple[str, dict[str, object]]:
-    sender.send_message(chat_id, f"Nice to meet you, {user_input}!")
-    return "start", {}
+orchestrator = greeting_orchestrator(state_manager, ConsoleMessageSender())
 
 
 if __name__ == "__main__":

@@ -191,9 +191,12 @@ def test_redis_stopped_mid_run_fails_fast_then_recovers(tmp_path: Path) -> None:
     redis.Redis(port=server.port).config_set("requirepass", password)
     try:
         manager = RedisStateManager(
-            host="127.0.0.1", port=server.port, password=password, socket_timeout=1,
+            host="127.0.0.1",
+            port=server.port,
+            password=password,
+            socket_timeout=1,
             lock_lease=1,
-        )  # fmt: skip
+        )
         orchestrator = counter_orchestrator(manager, RecordingSender())
         for _ in range(3):
             orchestrator.handle_message("kept", "tick")
@@ -253,10 +256,13 @@ def test_mongodb_credentials_never_shown() -> None:
     assert "hunter2" not in str(raised.value)
 
 
-@pytest.mark.parametrize(("module", "driver", "extra"), [
-    ("chat_orchestrator.state_managers.redis", "redis", "redis"),
-    ("chat_orchestrator.state_managers.mongodb", "pymongo", "mongo"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("module", "driver", "extra"),
+    [
+        ("chat_orchestrator.state_managers.redis", "redis", "redis"),
+        ("chat_orchestrator.state_managers.mongodb", "pymongo", "mongo"),
+    ],
+)
 def test_missing_driver_is_a_clear_import_error(module: str, driver: str, extra: str) -> None:
     code = (
         f"import sys; sys.modules[{driver!r}] = None\n"

@@ -122,8 +122,11 @@ def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 4
             expected.version = record.version
             expected.seen.add(record.version)
 
-        @rule(chat_id=st.sampled_from(CHAT_ID_POOL), state_id=st.text(min_size=1, max_size=8),
-              context=json_contexts())  # fmt: skip
+        @rule(
+            chat_id=st.sampled_from(CHAT_ID_POOL),
+            state_id=st.text(min_size=1, max_size=8),
+            context=json_contexts(),
+        )
         def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
             self.manager.set_state(chat_id, state_id, context)
             old = self.model.get(chat_id)
@@ -137,8 +140,11 @@ def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 4
             self.manager.delete_state(chat_id)
             self.model.pop(chat_id, None)
 
-        @rule(chat_id=st.sampled_from(CHAT_ID_POOL), context=json_contexts(),
-              which=st.sampled_from(["current", "stale", "zero"]))  # fmt: skip
+        @rule(
+            chat_id=st.sampled_from(CHAT_ID_POOL),
+            context=json_contexts(),
+            which=st.sampled_from(["current", "stale", "zero"]),
+        )
         def save(self, chat_id: str, context: dict[str, Any], which: str) -> None:
             expected = self.model.get(chat_id)
             current = 0 if expected is None else expected.version
@@ -162,8 +168,7 @@ def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 4
             self._observe(chat_id)
             assert self.model[chat_id].version == new_version, "load disagrees with save's version"
 
-        @rule(chat_id=st.sampled_from(CHAT_ID_POOL), context=json_contexts(),
-              commit=st.booleans())  # fmt: skip
+        @rule(chat_id=st.sampled_from(CHAT_ID_POOL), context=json_contexts(), commit=st.booleans())
         def turn(self, chat_id: str, context: dict[str, Any], commit: bool) -> None:
             from chat_orchestrator._jsonctx import encode_context
 
