@@ -74,3 +74,23 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+def run_together(commands: list[list[str]], timeout: float = 600) -> None:
+    """Start processes that print ``ready``, release them at once, and expect exit code 0.
+
+    Each waits for a line on stdin before working, so they contend from the first message.
+    """
+    procs = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+        for command in commands
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
+    for proc in procs:
+        assert proc.wait(timeout=timeout) == 0

@@ -17,7 +17,7 @@ from chat_orchestrator.errors import CorruptStateError, StateManagerError, StepE
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.state_managers.file import FileStateManager
 from chat_orchestrator.testing import RecordingSender
-from tests.helpers import ROOT, counter_orchestrator
+from tests.helpers import ROOT, counter_orchestrator, run_together
 from tests.state_managers.test_common import HOSTILE_IDS
 
 
@@ -153,24 +153,8 @@ COUNTER_WORKER = textwrap.dedent(
 @pytest.mark.slow
 def test_four_processes_one_chat_lose_no_update(tmp_path: Path) -> None:
     state_dir = tmp_path / "s"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", COUNTER_WORKER, str(state_dir), "100"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-        )
-        for _ in range(4)
-    ]
-    for proc in procs:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == b"ready\n"
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write(b"go\n")
-        proc.stdin.close()
-    for proc in procs:
-        assert proc.wait(timeout=120) == 0
+    command = [sys.executable, "-c", COUNTER_WORKER, str(state_dir), "100"]
+    run_together([command] * 4, timeout=120)
     record = FileStateManager(state_dir=state_dir).load("shared")
     assert record is not None
     assert record.context == {"n": 400}

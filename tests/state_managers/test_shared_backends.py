@@ -21,7 +21,7 @@ from chat_orchestrator.state_managers.base import StateManager
 from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
 from chat_orchestrator.state_managers.redis import RedisStateManager
 from chat_orchestrator.testing import RecordingSender
-from tests.helpers import ROOT, counter_orchestrator
+from tests.helpers import ROOT, counter_orchestrator, run_together
 from tests.servers import NxServer, RedisServer, create_cluster
 
 
@@ -38,24 +38,8 @@ def shared(
 
 
 def run_workers(kind: str, address: str, count: int, chats: int, workers: int = 4) -> None:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.workers", kind, address, str(count), str(chats)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-        )
-        for _ in range(workers)
-    ]
-    for proc in procs:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == b"ready\n"
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write(b"go\n")
-        proc.stdin.close()
-    for proc in procs:
-        assert proc.wait(timeout=600) == 0
+    command = [sys.executable, "-m", "tests.workers", kind, address, str(count), str(chats)]
+    run_together([command] * workers)
 
 
 def manager_for(kind: str, address: str) -> StateManager:

@@ -4,8 +4,20 @@ Backends with optional drivers (``redis``, ``mongodb``) are imported from their 
 so importing this package never needs a driver.
 """
 
-from chat_orchestrator.state_managers.base import StateManager, StateRecord, TurnLease
+from chat_orchestrator.state_managers.base import (
+    RecordStateManager,
+    StateManager,
+    StateRecord,
+    TurnLease,
+)
 from chat_orchestrator.state_managers.file import FileStateManager
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 
-__all__ = ["FileStateManager", "InMemoryStateManager", "StateManager", "StateRecord", "TurnLease"]
+__all__ = [
+    "FileStateManager",
+    "InMemoryStateManager",
+    "RecordStateManager",
+    "StateManager",
+    "StateRecord",
+    "TurnLease",
+]

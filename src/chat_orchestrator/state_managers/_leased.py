@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from chat_orchestrator.errors import LockTimeoutError, describe_chat_id
-from chat_orchestrator.state_managers.base import StateManager, StateRecord, TurnLease
+from chat_orchestrator.state_managers.base import RecordStateManager, StateRecord, TurnLease
 
 __all__ = ["LeasedStateManager", "new_token"]
 
@@ -47,7 +47,7 @@ class _Tokens:
 new_token = _Tokens()
 
 
-class LeasedStateManager(StateManager):
+class LeasedStateManager(RecordStateManager):
     _lock_timeout: float | None
     _address: str
 

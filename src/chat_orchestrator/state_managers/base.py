@@ -26,7 +26,14 @@ from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import InvalidChatIdError, VersionConflictError, describe_chat_id
 from chat_orchestrator.state_managers._locks import ClaimTable, KeyedLock
 
-__all__ = ["MAX_CHAT_ID_LENGTH", "StateManager", "StateRecord", "TurnLease", "validate_chat_id"]
+__all__ = [
+    "MAX_CHAT_ID_LENGTH",
+    "RecordStateManager",
+    "StateManager",
+    "StateRecord",
+    "TurnLease",
+    "validate_chat_id",
+]
 
 #: Longest chat id accepted (characters). WhatsApp ids are ~15 digits; this leaves room for
 #: any channel's ids while keeping keys and file headers bounded.
@@ -239,3 +246,15 @@ class StateManager(ABC):
             yield
         finally:
             locks.release(chat_id, entry)
+
+
+class RecordStateManager(StateManager):
+    """Base of backends whose primitive is the versioned record: ``get_state`` comes from
+    :meth:`load`, which they must implement (with ``compare_and_set`` and ``set_state``)."""
+
+    @abstractmethod
+    def load(self, chat_id: str) -> StateRecord | None: ...
+
+    def get_state(self, chat_id: str) -> tuple[str, dict[str, Any]] | None:
+        record = self.load(chat_id)
+        return None if record is None else (record.state_id, record.context)

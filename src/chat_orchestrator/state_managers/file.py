@@ -28,7 +28,7 @@ from chat_orchestrator.errors import (
     StateManagerError,
     describe_chat_id,
 )
-from chat_orchestrator.state_managers.base import StateManager, StateRecord
+from chat_orchestrator.state_managers.base import RecordStateManager, StateRecord
 
 __all__ = ["FileStateManager"]
 
@@ -36,7 +36,7 @@ _FORMAT = 1
 _STALE_TEMP_SECONDS = 3600.0
 
 
-class FileStateManager(StateManager):
+class FileStateManager(RecordStateManager):
     """Stores each chat as ``<state_dir>/<sha256 of id>.json``.
 
     ``fsync=False`` trades durability on power loss for speed (atomicity is kept).
@@ -77,10 +77,6 @@ class FileStateManager(StateManager):
         return self.state_dir / f"{self._stem(chat_id)}.json"
 
     # -- seed methods -----------------------------------------------------------------------
-    def get_state(self, chat_id: str) -> tuple[str, dict[str, Any]] | None:
-        record = self.load(chat_id)
-        return None if record is None else (record.state_id, record.context)
-
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
         text = encode_context(context)
         with self.lock(chat_id):

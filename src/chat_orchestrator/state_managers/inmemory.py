@@ -6,12 +6,12 @@ from typing import Any
 
 from chat_orchestrator._jsonctx import decode_context, encode_context
 from chat_orchestrator.state_managers._locks import KeyedLock
-from chat_orchestrator.state_managers.base import StateManager, StateRecord
+from chat_orchestrator.state_managers.base import RecordStateManager, StateRecord
 
 __all__ = ["InMemoryStateManager"]
 
 
-class InMemoryStateManager(StateManager):
+class InMemoryStateManager(RecordStateManager):
     """Keeps records in a dict, serialized per chat across the threads of one process.
 
     Contexts are held as JSON text, so a step mutating the dict it was handed can never
@@ -24,10 +24,6 @@ class InMemoryStateManager(StateManager):
         self._lock_timeout = lock_timeout
 
     # Seed methods write unconditionally, but bump the version so a concurrent turn notices.
-    def get_state(self, chat_id: str) -> tuple[str, dict[str, Any]] | None:
-        record = self.load(chat_id)
-        return None if record is None else (record.state_id, record.context)
-
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
         text = encode_context(context)
         with self.lock(chat_id):

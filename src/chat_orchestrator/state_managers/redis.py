@@ -209,10 +209,6 @@ class RedisStateManager(LeasedStateManager):
             ) from exc
 
     # -- seed methods -----------------------------------------------------------------------
-    def get_state(self, chat_id: str) -> tuple[str, dict[str, Any]] | None:
-        record = self.load(chat_id)
-        return None if record is None else (record.state_id, record.context)
-
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
         text = encode_context(context)
         record_key, _ = self.keys_for(chat_id)
