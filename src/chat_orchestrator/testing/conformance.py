@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import MissingDependencyError, VersionConflictError
 from chat_orchestrator.state_managers.base import MAX_CHAT_ID_LENGTH, StateManager
 
@@ -170,8 +171,6 @@ def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 4
 
         @rule(chat_id=st.sampled_from(CHAT_ID_POOL), context=json_contexts(), commit=st.booleans())
         def turn(self, chat_id: str, context: dict[str, Any], commit: bool) -> None:
-            from chat_orchestrator._jsonctx import encode_context
-
             lease = self.manager.begin_turn(chat_id)
             try:
                 expected = self.model.get(chat_id)
