@@ -168,9 +168,11 @@ class WhatsAppAPIError(SenderError):
         http_status: int,
         code: int | None,
         error_subcode: int | None = None,
-        type: str | None = None,
+        type: str | None = None,  # shadows the builtin: it is the Graph API field name
         fbtrace_id: str | None = None,
         details: str | None = None,
+        is_transient: bool = False,
+        retryable: bool = False,
     ) -> None:
         self.http_status = http_status
         self.code = code
@@ -178,14 +180,10 @@ class WhatsAppAPIError(SenderError):
         self.type = type
         self.fbtrace_id = fbtrace_id
         self.details = details
+        self.is_transient = is_transient
+        #: Whether a later retry may cure it (classified by ``code`` when it was built).
+        self.retryable = retryable
         super().__init__(message)
-
-    @property
-    def retryable(self) -> bool:
-        """Whether the error code is one that a later retry may cure (see the sender)."""
-        from chat_orchestrator.senders.whatsapp_errors import is_retryable
-
-        return is_retryable(self.code, self.http_status)
 
 
 class WebhookError(ChatOrchestratorError):

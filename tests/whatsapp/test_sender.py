@@ -267,3 +267,14 @@ def test_the_token_never_appears(graph: GraphStandIn, caplog: pytest.LogCaptureF
     for text in texts:
         assert graph.token not in text
         assert "other-SECRET-token" not in text
+
+
+def test_a_transient_flag_makes_an_unlisted_code_retryable(graph: GraphStandIn) -> None:
+    body = fixture("error_130429_throughput.json")
+    body["error"].update(code=131999, is_transient=True)
+    graph.respond(500, body)
+    graph.respond(400, {"error": {"code": 131999, "message": "still failing"}})
+    with pytest.raises(WhatsAppAPIError) as raised:
+        make_sender(graph).send_message("15550002222", "hi")
+    assert len(graph.received) == 2  # the transient one was retried, the plain one was not
+    assert (raised.value.is_transient, raised.value.retryable) == (False, False)

@@ -22,7 +22,7 @@ from chat_orchestrator.errors import (
     WhatsAppAPIError,
 )
 from chat_orchestrator.senders.base import MessageSender
-from chat_orchestrator.senders.whatsapp_errors import PAIR_RATE_LIMIT, api_error, is_retryable
+from chat_orchestrator.senders.whatsapp_errors import PAIR_RATE_LIMIT, api_error
 from chat_orchestrator.senders.whatsapp_payloads import (
     build_message,
     build_read_receipt,
@@ -141,10 +141,7 @@ class WhatsAppSender(MessageSender):
                     raise SenderError("the WhatsApp API answered 200 with a non-object body")
                 return reply
             error = self._error(response)
-            transient = getattr(error, "is_transient", False)
-            if attempt >= self._max_retries or not is_retryable(
-                error.code, error.http_status, transient
-            ):
+            if attempt >= self._max_retries or not error.retryable:
                 raise error
             self._wait(attempt, error.code, f"error {error.code} (HTTP {error.http_status})")
             attempt += 1

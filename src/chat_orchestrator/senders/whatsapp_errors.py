@@ -37,6 +37,7 @@ def api_error(http_status: int, body: Any) -> WhatsAppAPIError:
             f"WhatsApp API answered HTTP {http_status} without a Graph error body",
             http_status=http_status,
             code=None,
+            retryable=is_retryable(None, http_status),
         )
     code = error.get("code") if isinstance(error.get("code"), int) else None
     subcode = error.get("error_subcode") if isinstance(error.get("error_subcode"), int) else None
@@ -46,7 +47,8 @@ def api_error(http_status: int, body: Any) -> WhatsAppAPIError:
         data.get("details") if isinstance(data, dict) else data if isinstance(data, str) else None
     )
     message = str(error.get("message") or "no message")
-    exc = WhatsAppAPIError(
+    transient = error.get("is_transient") is True
+    return WhatsAppAPIError(
         f"WhatsApp API error {code} (HTTP {http_status}): {message}"
         + (f" - {details}" if details else ""),
         http_status=http_status,
@@ -55,6 +57,6 @@ def api_error(http_status: int, body: Any) -> WhatsAppAPIError:
         type=error.get("type") if isinstance(error.get("type"), str) else None,
         fbtrace_id=error.get("fbtrace_id") if isinstance(error.get("fbtrace_id"), str) else None,
         details=str(details) if details is not None else None,
+        is_transient=transient,
+        retryable=is_retryable(code, http_status, transient),
     )
-    exc.is_transient = error.get("is_transient") is True  # type: ignore[attr-defined]
-    return exc
