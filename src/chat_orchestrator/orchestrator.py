@@ -205,12 +205,13 @@ class ChatOrchestrator:
         """Check the registered steps as the class API does; raise ConversationDefinitionError.
 
         Steps registered without ``to=`` may go anywhere, so they are never flagged as traps
-        and make every state reachable.
+        and make every state reachable. Without a step for the initial state the graph has no
+        start, so that is reported on its own.
         """
-        problems = []
         if self.initial_state not in self._steps:
-            problems.append(f"the initial state {self.initial_state!r} has no registered step")
-        problems.extend(p for p in check_flow(self.flow_spec()) if "no initial state" not in p)
+            problem = f"the initial state {self.initial_state!r} has no registered step"
+            raise ConversationDefinitionError("orchestrator", [problem])
+        problems = check_flow(self.flow_spec())
         if problems:
             raise ConversationDefinitionError("orchestrator", problems)
 
