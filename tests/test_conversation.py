@@ -238,3 +238,20 @@ def test_mypy_catches_an_undeclared_target_and_a_mistyped_context(tmp_path: Path
     )
     assert "bad_flow.py:14: error: Incompatible types in assignment" in result.stdout
     assert result.stdout.count("error:") == 2
+
+
+class MaybeFloat(BaseModel):
+    x: float | None = None
+
+
+class NaNFlow(Conversation[MaybeFloat]):
+    @state(initial=True)
+    def start(self, turn: Turn[MaybeFloat]) -> Literal["start"]:
+        turn.context.x = float("nan")  # pydantic's JSON writes NaN as null
+        return "start"
+
+
+def test_every_backend_stores_what_pydantic_encoded(manager: StateManager) -> None:
+    tester = ConversationTester(NaNFlow, state_manager=manager)
+    tester.send(None)
+    assert manager.get_state(tester.chat_id) == ("start", {"x": None})

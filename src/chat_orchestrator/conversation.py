@@ -202,14 +202,16 @@ def _make_step(
             encoded = new_context.model_dump_json(warnings=False)
             # Without validate_assignment a field can hold anything; refuse to store what
             # would not load back into the model next turn.
-            model.model_validate_json(encoded)
+            stored = model.model_validate_json(encoded)
         except (ValidationError, PydanticSerializationError) as exc:
             raise ContextValidationError(
                 f"the context would not load back into {model.__name__}: {exc}",
                 chat_id=chat_id,
                 state_id=name,
             ) from exc
-        return next_state, new_context.model_dump(mode="json", warnings=False), encoded
+        # The dict (for managers that store dicts) comes from what was encoded, so every
+        # backend stores the same thing (pydantic's JSON turns NaN into null, for one).
+        return next_state, stored.model_dump(mode="json"), encoded
 
     step.__name__ = step.__qualname__ = name
     return step
