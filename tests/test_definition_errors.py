@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import pytest
@@ -166,14 +167,14 @@ def test_signature_the_engine_cannot_call(signature: str) -> None:
     assert problem.endswith("it must be (self, turn)")
 
 
-def test_async_state_is_refused() -> None:
+def test_async_generator_state_is_refused() -> None:
     def build() -> None:
         class Flow(Conversation[Ctx]):
             @state(initial=True)
-            async def a(self, turn: T) -> Literal["a"]:
-                return "a"
+            async def a(self, turn: T) -> AsyncIterator[str]:
+                yield "a"
 
-    assert problems_of(build) == ["state 'a' must be a plain def (not async, not a generator)"]
+    assert problems_of(build) == ["state 'a' must be a def or async def (not a generator)"]
 
 
 def test_name_clash_with_the_base_class() -> None:

@@ -20,6 +20,7 @@ from chat_orchestrator.conversation import Conversation
 from chat_orchestrator.errors import ChatOrchestratorError
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.senders.console import ConsoleMessageSender
+from chat_orchestrator.state_managers.async_base import require_sync
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 
 __all__ = ["chat_loop", "load_target", "main"]
@@ -60,7 +61,7 @@ def chat_loop(
     chat's record was left as it was.
     """
     source = stdin if stdin is not None else sys.stdin
-    record = orchestrator.state_manager.load(chat_id)
+    record = require_sync(orchestrator.state_manager).load(chat_id)
     if record is None:
         orchestrator.handle_message(chat_id, None)
     else:

@@ -36,9 +36,15 @@ from pydantic_core import PydanticSerializationError
 
 from chat_orchestrator._machine import FlowSpec, StateSpec, check_flow, mermaid
 from chat_orchestrator.errors import ContextValidationError, ConversationDefinitionError
-from chat_orchestrator.orchestrator import ChatOrchestrator, TypedStepFunction
-from chat_orchestrator.senders.base import MessageSender
-from chat_orchestrator.state_managers.base import StateManager, validate_chat_id
+from chat_orchestrator.orchestrator import (
+    AsyncTypedStepFunction,
+    ChatOrchestrator,
+    TypedStepFunction,
+)
+from chat_orchestrator.senders._views import AnySender
+from chat_orchestrator.senders.base import AsyncMessageSender, MessageSender
+from chat_orchestrator.state_managers.async_base import AsyncStateManager, require_sync
+from chat_orchestrator.state_managers.base import StateManager, StateRecord, validate_chat_id
 
 __all__ = ["Conversation", "Turn", "state"]
 
@@ -57,11 +63,22 @@ class Turn(Generic[C]):
     text: str | None
     context: C
     state: str
-    sender: MessageSender
+    #: A blocking sender in a ``def`` state, an awaitable one in an ``async def`` state.
+    sender: MessageSender | AsyncMessageSender
 
     def send(self, text: str, options: dict[str, Any] | None = None) -> str | None:
         """Reply to this chat; returns the channel's message id, if any."""
-        return self.sender.send_message(self.chat_id, text, options)
+        sender = self.sender
+        if isinstance(sender, AsyncMessageSender):
+            raise TypeError("in an async state, reply with `await turn.send_async(...)`")
+        return sender.send_message(self.chat_id, text, options)
+
+    async def send_async(self, text: str, options: dict[str, Any] | None = None) -> str | None:
+        """Reply to this chat from an ``async def`` state."""
+        sender = self.sender
+        if not isinstance(sender, AsyncMessageSender):
+            raise TypeError("in a plain def state, reply with `turn.send(...)`")
+        return await sender.send_message(self.chat_id, text, options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +143,7 @@ class Conversation(Generic[C]):
         cls.flow = flow
         cls.initial_state = next(name for name, spec in specs.items() if spec.initial)
 
-    def __init__(self, state_manager: StateManager, sender: MessageSender) -> None:
+    def __init__(self, state_manager: StateManager | AsyncStateManager, sender: AnySender) -> None:
         cls = type(self)
         if not hasattr(cls, "flow"):
             raise TypeError(f"{cls.__qualname__} is abstract: it has no validated states")
@@ -140,19 +157,37 @@ class Conversation(Generic[C]):
         """Run one turn; returns the chat's new state."""
         return self.orchestrator.handle_message(chat_id, user_input)
 
+    async def handle_message_async(self, chat_id: str, user_input: str | None) -> str:
+        """Run one turn on the running event loop; returns the chat's new state."""
+        return await self.orchestrator.handle_message_async(chat_id, user_input)
+
     def context_of(self, chat_id: str) -> C | None:
         """The chat's stored context as the model, or None for a chat with no record."""
-        record = self.orchestrator.state_manager.load(validate_chat_id(chat_id))
-        if record is None:
-            return None
-        return _load_context(self._model(), record.context, chat_id, record.state_id)
+        manager = require_sync(self.orchestrator.state_manager)
+        return self._context(chat_id, manager.load(validate_chat_id(chat_id)))
+
+    async def context_of_async(self, chat_id: str) -> C | None:
+        manager = self.orchestrator.state_manager
+        return self._context(chat_id, await manager.load_async(validate_chat_id(chat_id)))
 
     def state_of(self, chat_id: str) -> str | None:
-        record = self.orchestrator.state_manager.load(validate_chat_id(chat_id))
+        record = require_sync(self.orchestrator.state_manager).load(validate_chat_id(chat_id))
+        return None if record is None else record.state_id
+
+    async def state_of_async(self, chat_id: str) -> str | None:
+        record = await self.orchestrator.state_manager.load_async(validate_chat_id(chat_id))
         return None if record is None else record.state_id
 
     def reset(self, chat_id: str) -> None:
         self.orchestrator.reset(chat_id)
+
+    async def reset_async(self, chat_id: str) -> None:
+        await self.orchestrator.reset_async(chat_id)
+
+    def _context(self, chat_id: str, record: StateRecord | None) -> C | None:
+        if record is None:
+            return None
+        return _load_context(self._model(), record.context, chat_id, record.state_id)
 
     @classmethod
     def mermaid(cls) -> str:
@@ -175,46 +210,90 @@ def _load_context(model: type[C], data: dict[str, Any], chat_id: str, state_id: 
 
 
 def _make_step(
-    name: str, method: Callable[[Any], str], model: type[BaseModel]
-) -> TypedStepFunction:
-    """The engine step running ``method``: JSON dict -> model -> method -> JSON text."""
+    name: str, method: Callable[[Any], Any], model: type[BaseModel]
+) -> TypedStepFunction | AsyncTypedStepFunction:
+    """The engine step running ``method``: JSON dict -> model -> method -> JSON text.
+
+    An ``async def`` method gets an async step; both share the loading and the checks.
+    """
+    if inspect.iscoroutinefunction(method):
+
+        async def async_step(
+            chat_id: str,
+            user_input: str | None,
+            context: dict[str, Any],
+            sender: AsyncMessageSender,
+        ) -> tuple[str, dict[str, Any], str]:
+            turn = _begin(name, model, chat_id, user_input, context, sender)
+            try:
+                next_state = await method(turn)
+            except ValidationError as exc:
+                if exc.title != model.__name__:
+                    raise  # the step's own validation failed: a StepError
+                raise _context_invalid(exc, chat_id, name) from exc
+            return _complete(name, model, turn, next_state)
+
+        async_step.__name__ = async_step.__qualname__ = name
+        return async_step
 
     def step(
         chat_id: str, user_input: str | None, context: dict[str, Any], sender: MessageSender
     ) -> tuple[str, dict[str, Any], str]:
-        turn = Turn(chat_id, user_input, _load_context(model, context, chat_id, name), name, sender)
+        turn = _begin(name, model, chat_id, user_input, context, sender)
         try:
             next_state = method(turn)
         except ValidationError as exc:
             if exc.title != model.__name__:
                 raise  # the step's own validation failed: a StepError
-            raise ContextValidationError(
-                f"the step made the context invalid: {exc}", chat_id=chat_id, state_id=name
-            ) from exc
-        new_context = turn.context
-        if type(new_context) is not model:
-            raise ContextValidationError(
-                f"the context must be a {model.__name__}, got {type(new_context).__name__}",
-                chat_id=chat_id,
-                state_id=name,
-            )
-        try:
-            encoded = new_context.model_dump_json(warnings=False)
-            # Without validate_assignment a field can hold anything; refuse to store what
-            # would not load back into the model next turn.
-            stored = model.model_validate_json(encoded)
-        except (ValidationError, PydanticSerializationError) as exc:
-            raise ContextValidationError(
-                f"the context would not load back into {model.__name__}: {exc}",
-                chat_id=chat_id,
-                state_id=name,
-            ) from exc
-        # The dict (for managers that store dicts) comes from what was encoded, so every
-        # backend stores the same thing (pydantic's JSON turns NaN into null, for one).
-        return next_state, stored.model_dump(mode="json"), encoded
+            raise _context_invalid(exc, chat_id, name) from exc
+        return _complete(name, model, turn, next_state)
 
     step.__name__ = step.__qualname__ = name
     return step
+
+
+def _begin(
+    name: str,
+    model: type[BaseModel],
+    chat_id: str,
+    user_input: str | None,
+    context: dict[str, Any],
+    sender: MessageSender | AsyncMessageSender,
+) -> Turn[Any]:
+    return Turn(chat_id, user_input, _load_context(model, context, chat_id, name), name, sender)
+
+
+def _context_invalid(exc: ValidationError, chat_id: str, name: str) -> ContextValidationError:
+    return ContextValidationError(
+        f"the step made the context invalid: {exc}", chat_id=chat_id, state_id=name
+    )
+
+
+def _complete(
+    name: str, model: type[BaseModel], turn: Turn[Any], next_state: object
+) -> tuple[str, dict[str, Any], str]:
+    chat_id = turn.chat_id
+    new_context = turn.context
+    if type(new_context) is not model:
+        raise ContextValidationError(
+            f"the context must be a {model.__name__}, got {type(new_context).__name__}",
+            chat_id=chat_id,
+            state_id=name,
+        )
+    try:
+        encoded = new_context.model_dump_json(warnings=False)
+        # Without validate_assignment a field can hold anything; refuse to store what
+        # would not load back into the model next turn.
+        stored = model.model_validate_json(encoded)
+    except (ValidationError, PydanticSerializationError) as exc:
+        raise ContextValidationError(
+            f"the context would not load back into {model.__name__}: {exc}",
+            chat_id=chat_id,
+            state_id=name,
+        ) from exc
+    # The dict (for managers that store dicts) comes from what was encoded, so every
+    # backend stores the same thing (pydantic's JSON turns NaN into null, for one).
+    return next_state, stored.model_dump(mode="json"), encoded  # type: ignore[return-value]
 
 
 # -- collection at class creation -------------------------------------------------------------
@@ -278,8 +357,8 @@ def _collect_states(cls: type, problems: list[str]) -> dict[str, StateSpec]:
 
 
 def _check_signature(name: str, function: Callable[..., Any], problems: list[str]) -> None:
-    if inspect.iscoroutinefunction(function) or inspect.isgeneratorfunction(function):
-        problems.append(f"state {name!r} must be a plain def (not async, not a generator)")
+    if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+        problems.append(f"state {name!r} must be a def or async def (not a generator)")
         return
     parameters = list(inspect.signature(function).parameters.values())
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)

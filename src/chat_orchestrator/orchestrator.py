@@ -7,9 +7,12 @@ leaves the record exactly as it was and raises an error from ``chat_orchestrator
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator._machine import FlowSpec, StateSpec, check_flow, mermaid
@@ -23,49 +26,91 @@ from chat_orchestrator.errors import (
     TransitionError,
     TurnError,
     UnknownStateError,
+    describe_chat_id,
 )
-from chat_orchestrator.senders.base import MessageSender
-from chat_orchestrator.state_managers.base import StateManager, StateRecord, validate_chat_id
+from chat_orchestrator.senders._views import AnySender, as_async, as_sync
+from chat_orchestrator.senders.base import AsyncMessageSender, MessageSender
+from chat_orchestrator.state_managers.async_base import AsyncStateManager
+from chat_orchestrator.state_managers.base import (
+    StateManager,
+    StateRecord,
+    StateUpdate,
+    validate_chat_id,
+)
 
-__all__ = ["ChatOrchestrator", "StepFunction", "StepResult", "TypedStepFunction"]
+__all__ = [
+    "AsyncStepFunction",
+    "AsyncTypedStepFunction",
+    "ChatOrchestrator",
+    "StepFunction",
+    "StepResult",
+    "TypedStepFunction",
+]
+
+log = logging.getLogger(__name__)
 
 StepResult: TypeAlias = tuple[str, dict[str, Any]]
 #: ``(chat_id, user_input, context, sender) -> (next_state_id, new_context)``
 StepFunction: TypeAlias = Callable[[str, "str | None", dict[str, Any], MessageSender], StepResult]
-
+#: The same as an ``async def``: it gets a sender whose ``send_message`` is awaited.
+AsyncStepFunction: TypeAlias = Callable[
+    [str, "str | None", dict[str, Any], AsyncMessageSender], Awaitable[StepResult]
+]
 
 #: A step that encodes its own context: ``-> (next_state_id, context, context_json)``.
 #: The class API uses it so pydantic serializes the model once, in Rust.
 TypedStepFunction: TypeAlias = Callable[
     [str, "str | None", dict[str, Any], MessageSender], tuple[str, dict[str, Any], str]
 ]
+AsyncTypedStepFunction: TypeAlias = Callable[
+    [str, "str | None", dict[str, Any], AsyncMessageSender],
+    Awaitable[tuple[str, dict[str, Any], str]],
+]
+AnyStep = TypeVar("AnyStep", StepFunction, AsyncStepFunction)
 
 
 @dataclass(frozen=True, slots=True)
 class _Step:
-    function: StepFunction | TypedStepFunction
+    function: Callable[..., Any]
     #: Declared next states, or None when the step did not declare any (README style).
     targets: frozenset[str] | None
-    #: True when ``function`` is a TypedStepFunction.
+    #: True when ``function`` returns ``(next_state_id, context, context_json)``.
     encodes: bool = False
+    #: True for an ``async def`` step.
+    is_async: bool = False
+    #: A sync step on the async path runs in a worker thread (it may block) unless False.
+    in_thread: bool = True
 
 
 class ChatOrchestrator:
     """Routes each incoming message to the step of the chat's current state.
 
     A chat with no stored record starts in ``initial_state`` with an empty context.
+    ``state_manager`` may be sync or async (an :class:`AsyncStateManager` serves only
+    :meth:`handle_message_async`); ``sender`` may be sync or async: each step gets the face
+    of it that it can call.
     """
 
     def __init__(
         self,
-        state_manager: StateManager,
-        sender: MessageSender,
+        state_manager: StateManager | AsyncStateManager,
+        sender: AnySender,
         initial_state: str = "start",
     ) -> None:
         self.state_manager = state_manager
-        self.sender = sender
         self.initial_state = initial_state
         self._steps: dict[str, _Step] = {}
+        self.sender = sender
+
+    @property
+    def sender(self) -> AnySender:
+        return self._sender
+
+    @sender.setter
+    def sender(self, sender: AnySender) -> None:
+        self._sender = sender
+        self._sync_sender = as_sync(sender)
+        self._async_sender = as_async(sender)
 
     def __repr__(self) -> str:
         return (
@@ -75,45 +120,65 @@ class ChatOrchestrator:
 
     # -- registry ----------------------------------------------------------------------------
     def register_step(
-        self, state_id: str, *, to: Iterable[str] | None = None
-    ) -> Callable[[StepFunction], StepFunction]:
-        """Register the decorated function as the step for ``state_id``.
+        self, state_id: str, *, to: Iterable[str] | None = None, in_thread: bool = True
+    ) -> Callable[[AnyStep], AnyStep]:
+        """Register the decorated function (``def`` or ``async def``) as ``state_id``'s step.
 
         ``to`` optionally declares the states the step may move to; a step that returns
-        another one fails with TransitionError and nothing is stored.
+        another one fails with TransitionError and nothing is stored. ``in_thread=False``
+        runs a plain ``def`` step on the event loop itself in :meth:`handle_message_async`
+        (for steps that never block).
         """
         if not isinstance(state_id, str) or not state_id:
             raise TypeError("state_id must be a non-empty str")
         targets = None if to is None else frozenset(_state_names(to))
 
-        def decorator(function: StepFunction) -> StepFunction:
-            self.add_step(state_id, function, to=targets)
+        def decorator(function: AnyStep) -> AnyStep:
+            self.add_step(state_id, function, to=targets, in_thread=in_thread)
             return function
 
         return decorator
 
     def add_step(
-        self, state_id: str, function: StepFunction, *, to: Iterable[str] | None = None
+        self,
+        state_id: str,
+        function: StepFunction | AsyncStepFunction,
+        *,
+        to: Iterable[str] | None = None,
+        in_thread: bool = True,
     ) -> None:
         """Register ``function`` for ``state_id`` (the non-decorator spelling)."""
-        self._register(state_id, _Step(function, None if to is None else frozenset(to)))
+        self._register(state_id, function, to, encodes=False, in_thread=in_thread)
 
     def add_typed_step(
-        self, state_id: str, function: TypedStepFunction, *, to: Iterable[str] | None = None
+        self,
+        state_id: str,
+        function: TypedStepFunction | AsyncTypedStepFunction,
+        *,
+        to: Iterable[str] | None = None,
+        in_thread: bool = True,
     ) -> None:
         """Register a step that returns ``(next_state_id, context, context_json)``.
 
         The step vouches that ``context_json`` encodes ``context`` and loads back; the engine
         still checks the next state. This is how the class API plugs into the engine.
         """
-        self._register(
-            state_id, _Step(function, None if to is None else frozenset(to), encodes=True)
-        )
+        self._register(state_id, function, to, encodes=True, in_thread=in_thread)
 
-    def _register(self, state_id: str, step: _Step) -> None:
+    def _register(
+        self,
+        state_id: str,
+        function: Callable[..., Any],
+        to: Iterable[str] | None,
+        *,
+        encodes: bool,
+        in_thread: bool,
+    ) -> None:
         if state_id in self._steps:
             raise ValueError(f"a step is already registered for state {state_id!r}")
-        self._steps[state_id] = step
+        is_async = inspect.iscoroutinefunction(function)
+        targets = None if to is None else frozenset(to)
+        self._steps[state_id] = _Step(function, targets, encodes, is_async, in_thread)
 
     @property
     def states(self) -> dict[str, frozenset[str] | None]:
@@ -121,21 +186,71 @@ class ChatOrchestrator:
         return {name: step.targets for name, step in self._steps.items()}
 
     # -- the turn ----------------------------------------------------------------------------
+    # Two drivers, one set of decisions: ``_prepare`` picks the step, ``_finish`` validates
+    # and encodes its result; the drivers differ only in how they wait for the store and
+    # call the step.
     def handle_message(self, chat_id: str, user_input: str | None) -> str:
         """Run one turn for ``chat_id`` and return the chat's new state id."""
         validate_chat_id(chat_id)
         turn = _call_manager(self.state_manager.begin_turn, chat_id)
         try:
-            record = turn.record
-            new_state, context, encoded = self._run(chat_id, user_input, record)
-            _call_manager(turn.commit, new_state, context, encoded)
-            return new_state
-        finally:
-            turn.close()
+            step, state_id, context = self._prepare(chat_id, turn.record)
+            try:
+                if step.is_async:
+                    result = _run_coroutine(
+                        step.function(chat_id, user_input, context, self._async_sender)
+                    )
+                else:
+                    result = step.function(chat_id, user_input, context, self._sync_sender)
+            except TurnError:
+                raise  # already names chat and state (the class API's context errors)
+            except Exception as exc:
+                raise _step_failed(exc, chat_id, state_id) from exc
+            update = self._finish(chat_id, state_id, step, result)
+            _call_manager(turn.commit, update)
+        except BaseException as exc:
+            _release_after_failure(turn.close, chat_id, exc)
+            raise
+        _call_manager(turn.close)
+        return update.state_id
 
-    def _run(
-        self, chat_id: str, user_input: str | None, record: StateRecord | None
-    ) -> tuple[str, dict[str, Any], str]:
+    async def handle_message_async(self, chat_id: str, user_input: str | None) -> str:
+        """Run one turn on the running event loop, with ``handle_message``'s guarantees.
+
+        ``async def`` steps are awaited; plain ``def`` steps run in a worker thread (they
+        may block: an HTTP call, a database), unless registered with ``in_thread=False``.
+        A turn cancelled at any point stores nothing and releases the chat at once.
+        """
+        validate_chat_id(chat_id)
+        turn = await _acall_manager(self.state_manager.begin_turn_async, chat_id)
+        try:
+            step, state_id, context = self._prepare(chat_id, turn.record)
+            try:
+                if step.is_async:
+                    result = await step.function(chat_id, user_input, context, self._async_sender)
+                elif step.in_thread:
+                    sender = as_sync(self.sender, asyncio.get_running_loop())
+                    result = await asyncio.to_thread(
+                        step.function, chat_id, user_input, context, sender
+                    )
+                else:
+                    result = step.function(chat_id, user_input, context, self._sync_sender)
+            except TurnError:
+                raise
+            except Exception as exc:
+                raise _step_failed(exc, chat_id, state_id) from exc
+            update = self._finish(chat_id, state_id, step, result)
+            await _acall_manager(turn.commit, update)
+        except BaseException as exc:
+            # Shielded: a second cancellation must not leave the chat leased.
+            await asyncio.shield(_arelease_after_failure(turn.close, chat_id, exc))
+            raise
+        await _acall_manager(turn.close)
+        return update.state_id
+
+    def _prepare(
+        self, chat_id: str, record: StateRecord | None
+    ) -> tuple[_Step, str, dict[str, Any]]:
         if record is None:
             state_id, context = self.initial_state, {}
         else:
@@ -146,18 +261,13 @@ class ChatOrchestrator:
             raise UnknownStateError(
                 f"{where} {state_id!r} has no registered step", chat_id=chat_id, state_id=state_id
             )
-        try:
-            result = step.function(chat_id, user_input, context, self.sender)
-        except TurnError:
-            raise  # already names chat and state (the class API's context errors)
-        except Exception as exc:
-            raise StepError(
-                f"step raised {type(exc).__name__}: {exc}", chat_id=chat_id, state_id=state_id
-            ) from exc
+        return step, state_id, context
+
+    def _finish(self, chat_id: str, state_id: str, step: _Step, result: object) -> StateUpdate:
         if step.encodes:
-            new_state, new_context, encoded = result  # type: ignore[misc]
-            self._check_result(chat_id, state_id, step, (new_state, new_context))
-            return new_state, new_context, encoded
+            typed: tuple[str, dict[str, Any], str] = result  # type: ignore[assignment]
+            self._check_result(chat_id, state_id, step, typed[:2])
+            return StateUpdate(*typed)
         new_state, new_context = self._check_result(chat_id, state_id, step, result)
         try:
             encoded = encode_context(new_context)
@@ -167,7 +277,7 @@ class ChatOrchestrator:
                 chat_id=chat_id,
                 state_id=state_id,
             ) from exc
-        return new_state, new_context, encoded
+        return StateUpdate(new_state, new_context, encoded)
 
     def _check_result(
         self, chat_id: str, state_id: str, step: _Step, result: object
@@ -223,6 +333,10 @@ class ChatOrchestrator:
         """Forget a chat: its next message starts again in the initial state."""
         _call_manager(self.state_manager.delete_state, validate_chat_id(chat_id))
 
+    async def reset_async(self, chat_id: str) -> None:
+        """:meth:`reset` on the running event loop."""
+        await _acall_manager(self.state_manager.delete_state_async, validate_chat_id(chat_id))
+
 
 def _state_names(names: Iterable[str]) -> list[str]:
     if isinstance(names, str):
@@ -239,6 +353,13 @@ def _short(value: object) -> str:
     return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
 
 
+def _manager_failed(function: Callable[..., Any], exc: Exception) -> StateManagerError:
+    return StateManagerError(
+        f"state manager failed in {getattr(function, '__name__', 'call')}: "
+        f"{type(exc).__name__}: {exc}"
+    )
+
+
 def _call_manager(function: Callable[..., Any], *args: Any) -> Any:
     """Call a state manager method; foreign exceptions become StateManagerError (chained)."""
     try:
@@ -246,7 +367,58 @@ def _call_manager(function: Callable[..., Any], *args: Any) -> Any:
     except ChatOrchestratorError:
         raise
     except Exception as exc:
-        raise StateManagerError(
-            f"state manager failed in {getattr(function, '__name__', 'call')}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+        raise _manager_failed(function, exc) from exc
+
+
+async def _acall_manager(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    try:
+        return await function(*args)
+    except ChatOrchestratorError:
+        raise
+    except Exception as exc:
+        raise _manager_failed(function, exc) from exc
+
+
+def _step_failed(exc: Exception, chat_id: str, state_id: str) -> StepError:
+    return StepError(f"step raised {type(exc).__name__}: {exc}", chat_id=chat_id, state_id=state_id)
+
+
+def _release_noted(chat_id: str, failure: BaseException, release_error: Exception) -> None:
+    # The turn's own error is what the caller must see; the release failure rides along.
+    log.warning(
+        "releasing chat %s after a failed turn failed too: %s",
+        describe_chat_id(chat_id),
+        type(release_error).__name__,
+    )
+    failure.add_note(
+        f"releasing the chat afterwards failed too: {type(release_error).__name__}: {release_error}"
+    )
+
+
+def _release_after_failure(close: Callable[[], None], chat_id: str, failure: BaseException) -> None:
+    try:
+        close()
+    except Exception as release_error:
+        _release_noted(chat_id, failure, release_error)
+
+
+async def _arelease_after_failure(
+    close: Callable[[], Awaitable[None]], chat_id: str, failure: BaseException
+) -> None:
+    try:
+        await close()
+    except Exception as release_error:
+        _release_noted(chat_id, failure, release_error)
+
+
+def _run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """An ``async def`` step on the sync path runs on an event loop of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    coroutine.close()
+    raise RuntimeError(
+        "an async step cannot run from handle_message inside a running event loop: "
+        "use `await orchestrator.handle_message_async(...)`"
+    )

@@ -86,7 +86,7 @@ def test_step_failure_leaves_file_bytes_identical(tmp_path: Path) -> None:
     manager = FileStateManager(state_dir=tmp_path)
     orchestrator = ChatOrchestrator(manager, RecordingSender())
     orchestrator.add_step("start", lambda c, t, x, s: ("boom", {"v": 1}))
-    orchestrator.add_step("boom", lambda c, t, x, s: 1 / 0)  # type: ignore[arg-type,return-value]
+    orchestrator.add_step("boom", lambda c, t, x, s: 1 / 0)  # type: ignore[arg-type]
     orchestrator.handle_message("c", None)
     before = manager.path_for("c").read_bytes()
     with pytest.raises(StepError):

@@ -17,7 +17,7 @@ from chat_orchestrator.errors import (
     VersionConflictError,
 )
 from chat_orchestrator.orchestrator import ChatOrchestrator
-from chat_orchestrator.state_managers.base import StateManager
+from chat_orchestrator.state_managers.base import StateManager, StateUpdate
 from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
 from chat_orchestrator.state_managers.redis import RedisStateManager
 from chat_orchestrator.testing import RecordingSender
@@ -75,7 +75,7 @@ def test_lease_of_a_dead_worker_expires_and_its_late_write_is_rejected(
     assert time.monotonic() - started >= 0.3
     assert manager.get_state("c") == ("start", {"n": 2})
     with pytest.raises(VersionConflictError):
-        dead.commit("start", {"n": 99}, '{"n":99}')
+        dead.commit(StateUpdate("start", {"n": 99}, '{"n":99}'))
     dead.close()
     assert manager.get_state("c") == ("start", {"n": 2})
 

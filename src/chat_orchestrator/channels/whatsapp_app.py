@@ -27,6 +27,7 @@ from chat_orchestrator.channels.whatsapp_events import InboundMessage, StatusEve
 from chat_orchestrator.channels.whatsapp_webhook import WhatsAppWebhook
 from chat_orchestrator.errors import StateManagerError, WebhookError
 from chat_orchestrator.orchestrator import ChatOrchestrator
+from chat_orchestrator.state_managers.async_base import require_sync
 
 __all__ = ["TurnFailure", "WhatsAppBot", "inbound_message"]
 
@@ -124,7 +125,7 @@ class WhatsAppBot:
         messages = sorted(
             (m for m in batch.messages if self._ours(m.phone_number_id)), key=lambda m: m.timestamp
         )
-        manager = self.orchestrator.state_manager
+        manager = require_sync(self.orchestrator.state_manager)
         for message in messages:
             try:
                 fresh = manager.claim(f"wa:{message.phone_number_id}:{message.id}", self.retention)

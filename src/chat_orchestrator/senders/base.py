@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-__all__ = ["MessageSender"]
+__all__ = ["AsyncMessageSender", "MessageSender"]
 
 
 class MessageSender(ABC):
@@ -18,6 +18,16 @@ class MessageSender(ABC):
 
     @abstractmethod
     def send_message(
+        self, chat_id: str, text: str, options: dict[str, Any] | None = None
+    ) -> str | None:
+        """Send ``text`` to ``chat_id``; raise a SenderError if it cannot be sent."""
+
+
+class AsyncMessageSender(ABC):
+    """The async counterpart of :class:`MessageSender`: ``send_message`` is a coroutine."""
+
+    @abstractmethod
+    async def send_message(
         self, chat_id: str, text: str, options: dict[str, Any] | None = None
     ) -> str | None:
         """Send ``text`` to ``chat_id``; raise a SenderError if it cannot be sent."""

@@ -24,7 +24,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from chat_orchestrator.errors import LockTimeoutError, describe_chat_id
-from chat_orchestrator.state_managers.base import RecordStateManager, StateRecord, TurnLease
+from chat_orchestrator.state_managers.base import (
+    RecordStateManager,
+    StateRecord,
+    StateUpdate,
+    TurnLease,
+)
 
 __all__ = ["LeasedStateManager", "new_token"]
 
@@ -139,10 +144,17 @@ class _LeasedTurn(TurnLease):
         self._token: str | None = new_token()
         self.record = manager._acquire_and_load(chat_id, self._token)
 
-    def commit(self, state_id: str, context: dict[str, Any], encoded: str) -> None:
+    def commit(self, update: StateUpdate) -> None:
         assert self._token is not None
         expected = 0 if self.record is None else self.record.version
-        self._leased._write(self.chat_id, self._token, expected, state_id, context, encoded)
+        self._leased._write(
+            self.chat_id,
+            self._token,
+            expected,
+            update.state_id,
+            update.context,
+            update.context_json,
+        )
         self._token = None  # the write dropped the lease
 
     def close(self) -> None:

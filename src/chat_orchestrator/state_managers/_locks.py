@@ -6,6 +6,7 @@ import threading
 import time
 from collections import OrderedDict
 
+from chat_orchestrator._io import Op, Sleep
 from chat_orchestrator.errors import LockTimeoutError, describe_chat_id
 
 __all__ = ["ClaimTable", "KeyedLock"]
@@ -43,6 +44,32 @@ class KeyedLock:
         raise LockTimeoutError(
             f"chat {describe_chat_id(key)} stayed locked for more than {timeout} s"
         )
+
+    def acquire_op(self, key: str, timeout: float | None) -> Op[_Entry]:
+        """The same lock taken without blocking a thread: poll, backing off with ``Sleep``.
+
+        The async path uses it, so tasks waiting for a busy chat never occupy the worker
+        threads that the chat's holder needs to finish its turn.
+        """
+        with self._guard:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _Entry()
+            entry.users += 1
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        try:
+            while not entry.lock.acquire(blocking=False):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise LockTimeoutError(
+                        f"chat {describe_chat_id(key)} stayed locked for more than {timeout} s"
+                    )
+                yield Sleep(pause)
+                pause = min(pause * 2, 0.02)
+        except BaseException:
+            self._drop(key, entry)
+            raise
+        return entry
 
     def release(self, key: str, entry: _Entry) -> None:
         entry.lock.release()

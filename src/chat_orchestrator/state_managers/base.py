@@ -14,23 +14,28 @@ backend can do a whole turn in fewer round trips, :meth:`begin_turn`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import InvalidChatIdError, VersionConflictError, describe_chat_id
 from chat_orchestrator.state_managers._locks import ClaimTable, KeyedLock
+
+if TYPE_CHECKING:
+    from chat_orchestrator.state_managers.async_base import AsyncTurnLease
 
 __all__ = [
     "MAX_CHAT_ID_LENGTH",
     "RecordStateManager",
     "StateManager",
     "StateRecord",
+    "StateUpdate",
     "TurnLease",
     "validate_chat_id",
 ]
@@ -75,6 +80,19 @@ class StateRecord:
     version: int
 
 
+@dataclass(frozen=True, slots=True)
+class StateUpdate:
+    """A turn's result, named once: the next state and its context, dict and JSON text.
+
+    ``context_json`` is what backends store; ``context`` is the same value as a dict, for
+    managers that store dicts (the three seed methods take one).
+    """
+
+    state_id: str
+    context: dict[str, Any]
+    context_json: str
+
+
 class TurnLease:
     """One chat's turn: holds the chat's lock from creation until :meth:`close`.
 
@@ -97,10 +115,15 @@ class TurnLease:
             self.close()
             raise
 
-    def commit(self, state_id: str, context: dict[str, Any], encoded: str) -> None:
+    def commit(self, update: StateUpdate) -> None:
+        """Store ``update`` if the chat is still at the version this turn read."""
         expected = 0 if self.record is None else self.record.version
         self._manager.compare_and_set(
-            self.chat_id, state_id, context, expected_version=expected, encoded=encoded
+            self.chat_id,
+            update.state_id,
+            update.context,
+            expected_version=expected,
+            encoded=update.context_json,
         )
 
     def close(self) -> None:
@@ -117,7 +140,8 @@ class TurnLease:
         self.close()
 
 
-def _fingerprint(state_id: str, context: dict[str, Any]) -> int:
+def fingerprint(state_id: str, context: dict[str, Any]) -> int:
+    """The default version of a seed-only manager's record: a hash of its content."""
     digest = hashlib.blake2b(
         encode_context({"s": state_id, "c": context}).encode("utf-8"), digest_size=8
     ).digest()
@@ -154,7 +178,7 @@ class StateManager(ABC):
         if got is None:
             return None
         state_id, context = got
-        return StateRecord(state_id, context, _fingerprint(state_id, context))
+        return StateRecord(state_id, context, fingerprint(state_id, context))
 
     def save(
         self,
@@ -189,7 +213,7 @@ class StateManager(ABC):
         current = self.load(chat_id)
         self._check_version(chat_id, 0 if current is None else current.version, expected_version)
         self.set_state(chat_id, state_id, context)
-        return _fingerprint(state_id, context)
+        return fingerprint(state_id, context)
 
     def lock(self, chat_id: str) -> AbstractContextManager[None]:
         """Hold the chat's lock (default: process-local, per chat).
@@ -214,6 +238,38 @@ class StateManager(ABC):
             table = self.__dict__.setdefault("_claims", ClaimTable())
         return table.claim(key, ttl)
 
+    # -- the async path: defaults for a sync manager -------------------------------------
+    # Built-in managers override these with the same operations on an async driver; a
+    # user's sync manager runs its blocking calls in worker threads.
+    async def begin_turn_async(self, chat_id: str) -> AsyncTurnLease:
+        """Lock the chat and load its record without blocking the event loop."""
+        from chat_orchestrator.state_managers import async_base
+
+        chat_id = validate_chat_id(chat_id)
+        cls = type(self)
+        if cls.lock is StateManager.lock and cls.begin_turn is StateManager.begin_turn:
+            # The process-local lock is awaited, never waited for in a thread: tasks queued
+            # on a busy chat must not take the threads its holder needs to commit.
+            return await async_base.local_turn(
+                async_base.SyncManagerOnLoop(self),
+                self._keyed_locks(),
+                chat_id,
+                self.lock_timeout,
+            )
+        return async_base.ThreadedTurn(await asyncio.to_thread(self.begin_turn, chat_id))
+
+    async def load_async(self, chat_id: str) -> StateRecord | None:
+        return await asyncio.to_thread(self.load, chat_id)
+
+    async def delete_state_async(self, chat_id: str) -> None:
+        await asyncio.to_thread(self.delete_state, chat_id)
+
+    async def claim_async(self, key: str, ttl: float) -> bool:
+        return await asyncio.to_thread(self.claim, key, ttl)
+
+    async def close_async(self) -> None:
+        await asyncio.to_thread(self.close)
+
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract on purpose
         """Release connections or handles; the default has none."""
@@ -235,12 +291,16 @@ class StateManager(ABC):
                 f"the write expected {expected}"
             )
 
-    @contextmanager
-    def _local_lock(self, chat_id: str) -> Iterator[None]:
+    def _keyed_locks(self) -> KeyedLock:
         # Created lazily: a user's subclass need not call super().__init__().
         locks: KeyedLock | None = self.__dict__.get("_chat_locks")
         if locks is None:
             locks = self.__dict__.setdefault("_chat_locks", KeyedLock())
+        return locks
+
+    @contextmanager
+    def _local_lock(self, chat_id: str) -> Iterator[None]:
+        locks = self._keyed_locks()
         entry = locks.acquire(chat_id, self.lock_timeout)
         try:
             yield

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from chat_orchestrator._io import run_async
 from chat_orchestrator._jsonctx import decode_context, encode_context
 from chat_orchestrator.state_managers._locks import KeyedLock
-from chat_orchestrator.state_managers.base import RecordStateManager, StateRecord
+from chat_orchestrator.state_managers.async_base import AsyncTurnLease, local_turn, no_io
+from chat_orchestrator.state_managers.base import (
+    RecordStateManager,
+    StateRecord,
+    StateUpdate,
+    validate_chat_id,
+)
 
 __all__ = ["InMemoryStateManager"]
 
@@ -59,6 +66,35 @@ class InMemoryStateManager(RecordStateManager):
 
     def lock(self, chat_id: str) -> _Held:
         return _Held(self._locks, chat_id, self._lock_timeout)
+
+    # -- the async path: the same records and locks, awaited instead of waited for ------------
+    async def begin_turn_async(self, chat_id: str) -> AsyncTurnLease:
+        return await local_turn(self, self._locks, validate_chat_id(chat_id), self._lock_timeout)
+
+    async def load_async(self, chat_id: str) -> StateRecord | None:
+        return self.load(chat_id)  # no I/O: nothing to wait for
+
+    async def compare_and_set_update(
+        self, chat_id: str, update: StateUpdate, expected: int
+    ) -> None:
+        self.compare_and_set(
+            chat_id,
+            update.state_id,
+            update.context,
+            expected_version=expected,
+            encoded=update.context_json,
+        )
+
+    async def delete_state_async(self, chat_id: str) -> None:
+        # Awaits the chat's lock like a turn, so a reset never lands inside a running turn.
+        entry = await run_async(self._locks.acquire_op(chat_id, self._lock_timeout), no_io)
+        try:
+            self._records.pop(chat_id, None)
+        finally:
+            self._locks.release(chat_id, entry)
+
+    async def claim_async(self, key: str, ttl: float) -> bool:
+        return self.claim(key, ttl)
 
     def __len__(self) -> int:
         return len(self._records)

@@ -27,7 +27,7 @@ from typing import Any
 
 from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import MissingDependencyError, VersionConflictError
-from chat_orchestrator.state_managers.base import MAX_CHAT_ID_LENGTH, StateManager
+from chat_orchestrator.state_managers.base import MAX_CHAT_ID_LENGTH, StateManager, StateUpdate
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -183,7 +183,7 @@ def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 4
                         expected.context,
                     )
                 if commit:
-                    lease.commit("turned", context, encode_context(context))
+                    lease.commit(StateUpdate("turned", context, encode_context(context)))
             finally:
                 lease.close()
             if commit:
