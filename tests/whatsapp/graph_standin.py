@@ -1,7 +1,7 @@
 """A local stand-in for the Graph API's ``POST /{version}/{phone_number_id}/messages``.
 
 It checks the bearer token, the URL shape and the body against the documented shapes, and
-answers with the documented success and error bodies from ``shared/whatsapp/fixtures``.
+answers with the documented success and error bodies from ``tests/whatsapp/fixtures``.
 Tests script answers with ``respond(status, fixture_or_body, delay=...)``.
 """
 
@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-# shared/ sits next to the repository, in the working tree and in CI's clean clone alike.
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "whatsapp" / "fixtures"
+# Inside the repository, so a clone in an empty directory passes (see fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def fixture(name: str) -> Any:
