@@ -1,6 +1,11 @@
 """Inbound channels: parsing and verifying what users send (WhatsApp webhooks)."""
 
-from chat_orchestrator.channels.whatsapp_app import TurnFailure, WhatsAppBot, claim_key, inbound_message
+from chat_orchestrator.channels.whatsapp_app import (
+    TurnFailure,
+    WhatsAppBot,
+    claim_key,
+    inbound_message,
+)
 from chat_orchestrator.channels.whatsapp_events import (
     InboundMessage,
     Location,
