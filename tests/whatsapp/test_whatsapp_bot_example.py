@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -215,3 +216,21 @@ def test_ctrl_c_stops_the_example_with_one_line(run_example: Callable[..., Examp
     code, err = run_example().stop(signal.SIGINT)
     assert err == "whatsapp_bot: stopped\n"
     assert code == 130
+
+
+def test_the_readme_names_every_setting_and_limit_of_the_example() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## WhatsApp\n") :]
+    section = section[: section.index("\n## ")]
+    source = (ROOT / "examples" / "whatsapp_bot.py").read_text(encoding="utf-8")
+    read = set(re.findall(r"""env(?:iron)?(?:\.get\(|\[)["']([A-Z_]+)["']""", source))
+    read |= set(re.findall(r'^    "([A-Z_]+)",$', source, re.M))  # REQUIRED
+    assert {"HOST", "PORT", "WHATSAPP_API_BASE", "WHATSAPP_TOKEN", "REDIS_URL"} <= read
+    for name in read:
+        assert f"`{name}`" in section, name
+    for fact in ["/webhook", "24-hour window", "5 allow-listed recipients", "131030", "131047"]:
+        assert fact in section, fact
+    setup = readme[: readme.index("## The decorator API")]
+    for fact in ['uv run pytest -m "not slow"', "Python >= 3.11", 'uv add "chat-orchestrator[']:
+        assert fact in setup, fact
+    assert 'pip install "chat-orchestrator[' in setup
