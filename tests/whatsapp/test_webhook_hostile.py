@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from chat_orchestrator.channels import StatusEvent, WhatsAppBot, claim_key
-from chat_orchestrator.errors import StateManagerUnavailableError
+from chat_orchestrator.errors import InvalidChatIdError, StateManagerUnavailableError
 from chat_orchestrator.state_managers.base import TurnLease
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 from tests.whatsapp.conftest import Served, sign
@@ -317,3 +317,48 @@ def test_an_unavailable_store_mid_turn_answers_503_and_the_redelivery_runs(serve
     assert served.post(body).status_code == 200
     assert len(sender.sent) == 1
     assert list(bot.failures) == []
+
+
+def test_a_malformed_status_is_skipped_and_the_good_one_reported(serve: Serve) -> None:
+    payload = fixture("status_delivered.json")
+    statuses = payload["entry"][0]["changes"][0]["value"]["statuses"]
+    statuses.insert(0, {**statuses[0], "id": "wamid.BAD", "timestamp": "²"})
+    bot, _ = echo_bot()
+    seen: list[StatusEvent] = []
+    bot.on_status = seen.append
+    assert serve(bot).post(json.dumps(payload).encode()).status_code == 200
+    assert [s.message_id for s in seen] == [statuses[1]["id"]]
+    (failure,) = bot.failures
+    assert (failure.message_id, failure.error.startswith("malformed status")) == ("wamid.BAD", True)
+
+
+@pytest.mark.parametrize("phone_id", ["9" * 5000, "\ud800"])
+def test_an_invalid_phone_number_id_is_a_malformed_envelope(serve: Serve, phone_id: str) -> None:
+    bot, sender = echo_bot()
+    response = serve(bot).post(text_from(phone_id, "wamid.X", "hi"))
+    assert response.status_code == 400
+    assert sender.sent == []
+
+
+def test_claim_keys_stay_within_the_chat_id_bound() -> None:
+    longest = "é" * 1024  # the longest ids parse_payload lets through, all non-ASCII
+    assert len(claim_key(longest, longest, longest)) < 16_384
+    assert claim_key("1", 'a"b') != claim_key("1", "a\\b")
+
+
+class PickyStore(InMemoryStateManager):
+    """A custom manager that refuses some claim keys outright (its own validation rule)."""
+
+    def claim(self, key: str, ttl: float) -> bool:
+        if "REFUSED" in key:
+            raise InvalidChatIdError("this store refuses the key")
+        return super().claim(key, ttl)
+
+
+def test_a_refused_claim_key_skips_that_message_only(serve: Serve) -> None:
+    bot, sender = echo_bot(PickyStore())
+    response = serve(bot).post(batch_with({"id": "wamid.REFUSED"}))
+    assert response.status_code == 200
+    assert [m.chat_id for m in sender.sent] == ["15550003333"]
+    (failure,) = bot.failures
+    assert failure.message_id == "wamid.REFUSED"

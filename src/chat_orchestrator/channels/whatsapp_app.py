@@ -35,6 +35,7 @@ from chat_orchestrator.channels.webhook_http import HttpReply, admit, read_body,
 from chat_orchestrator.channels.whatsapp_events import InboundMessage, StatusEvent, WebhookBatch
 from chat_orchestrator.channels.whatsapp_webhook import WhatsAppWebhook
 from chat_orchestrator.errors import (
+    ChatOrchestratorError,
     LockTimeoutError,
     StateManagerError,
     StateManagerUnavailableError,
@@ -82,7 +83,9 @@ def claim_key(phone_number_id: str | None, message_id: str, status: str | None =
     parts = (
         [phone_number_id, message_id] if status is None else [phone_number_id, message_id, status]
     )
-    return "wa:" + json.dumps(parts, separators=(",", ":"))
+    # ensure_ascii=False: ids are valid Unicode (parse_payload checks), and escaping would let a
+    # key grow to six times its ids' length.
+    return "wa:" + json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
 
 
 class _RetryLaterError(Exception):
@@ -172,7 +175,7 @@ class WhatsAppBot:
             for status in batch.statuses:
                 if self.on_status is not None and self._ours(status.phone_number_id):
                     key = claim_key(status.phone_number_id, status.message_id, status.status)
-                    if self._claim(key):
+                    if self._claim(key, status.message_id):
                         self._report(status)
             messages = sorted(
                 (m for m in batch.messages if self._ours(m.phone_number_id)),
@@ -180,18 +183,25 @@ class WhatsAppBot:
             )
             for message in messages:
                 key = claim_key(message.phone_number_id, message.id)
-                if self._claim(key):
+                if self._claim(key, message.id, message.chat_id):
                     self._run(message, key)
         except _RetryLaterError:
             return 503, "message store unavailable, retry later"
         return 200, "OK"
 
-    def _claim(self, key: str) -> bool:
+    def _claim(self, key: str, message_id: str, chat_id: str = "") -> bool:
         try:
             return self.orchestrator.state_manager.claim(key, self.retention)
         except StateManagerError as exc:
             log.error("cannot record message ids (%s); asking Meta to retry", exc)
             raise _RetryLaterError from exc
+        except (ChatOrchestratorError, ValueError) as exc:
+            # The store refuses the key itself (a custom manager's rule): retrying cannot help.
+            log.warning(
+                "skipped WhatsApp event %s: its claim key was refused (%s)", message_id, exc
+            )
+            self.failures.append(TurnFailure(message_id, chat_id, f"claim key refused: {exc}"))
+            return False
 
     def _report(self, status: StatusEvent) -> None:
         assert self.on_status is not None

@@ -332,6 +332,8 @@ def parse_payload(payload: object) -> WebhookBatch:
                 continue  # account updates, template status...: not routed here
             metadata = value.get("metadata")
             phone_id = _str(metadata.get("phone_number_id")) if isinstance(metadata, dict) else None
+            if phone_id is not None and (len(phone_id) > MAX_ID_CHARS or not _valid_text(phone_id)):
+                raise _bad("metadata.phone_number_id is not a valid id")
             names = {}
             for contact in _list_of_objects(value.get("contacts"), "contacts"):
                 profile = contact.get("profile")
