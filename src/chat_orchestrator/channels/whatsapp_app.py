@@ -26,7 +26,7 @@ import logging
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -143,7 +143,9 @@ class WhatsAppBot:
         start_response(f"{reply.status} {reply.reason}", reply.headers())
         return [reply.body]
 
-    def respond(self, method: str, query: str, headers: dict[str, str], body: bytes) -> HttpReply:
+    def respond(
+        self, method: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> HttpReply:
         """Answer one admitted request (see ``webhook_http.admit``); headers in lower case."""
         try:
             if method == "GET":
