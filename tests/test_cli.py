@@ -8,13 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from examples.onboarding import Onboarding
 
 from tests.console_driver import Terminal, read_until
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_python
 
 GREETING = (ROOT / "examples" / "greeting_bot.py").read_text(encoding="utf-8")
 BANNER = "(type quit or press Ctrl-D to leave)\n"
@@ -186,6 +187,24 @@ def test_run_with_a_state_dir_resumes_and_repeats_the_last_question(
     assert "  1. Yes\n  2. No\n> All set, Ada. Welcome aboard!" in fourth.stdout
 
 
+def test_a_chat_moved_on_elsewhere_is_resumed_in_words(project: Path) -> None:
+    args = ("run", "onboarding_bot:Onboarding", "--state-dir", "states")
+    assert cli(*args, stdin="Ada\n", cwd=project).returncode == 0
+    # Another channel answers for the same chat in the same store.
+    elsewhere = run_python(
+        "from chat_orchestrator import FileStateManager, RecordingSender\n"
+        "from onboarding_bot import Onboarding\n"
+        "bot = Onboarding(FileStateManager('states'), RecordingSender())\n"
+        "bot.handle_message('console_user', '30')\n",
+        cwd=project,
+    )
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    resumed = cli(*args, cwd=project)
+    assert resumed.stdout == (
+        BANNER + "(resuming chat 'console_user' at step 'confirm': type your answer)\n> \n"
+    )
+
+
 def test_numbered_buttons_answer_by_number_or_title() -> None:
     by_number = cli("run", "examples/onboarding.py:Onboarding", stdin="Ada\n30\n1\n")
     assert by_number.stdout.endswith("> All set, Ada. Welcome aboard!\n> \n")
@@ -219,6 +238,9 @@ def test_ctrl_c_ends_the_chat_with_one_line(command: list[str]) -> None:
     assert proc.stdout is not None
     assert proc.stderr is not None
     read_until(proc.stdout.fileno(), b"> ")  # waiting for the user's line
+    # The prompt is written just before the read starts; a signal landing in between is only
+    # seen at the next one (CPython's input()), so let the child reach its read, as a user would.
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 130
     stderr = proc.stderr.read().decode()

@@ -192,7 +192,7 @@ def chat_loop(
         if record is None:
             waiting = _turn(orchestrator, sender, chat_id, None, remembered, [])
         else:
-            waiting = remembered.load(chat_id) if remembered else []
+            waiting = remembered.load(chat_id, record.version) if remembered else []
             _show_resumed(sender, chat_id, record.state_id, waiting)
         while True:
             line = read()
@@ -227,14 +227,15 @@ def _turn(
         print(f"[error] {exc}", file=sys.stderr)
         return waiting  # nothing was stored: the chat still waits on the same question
     sent = sender.turn_messages(chat_id) if sender is not None else []
-    if not sent:
-        return waiting
+    waiting = sent or waiting  # a turn that said nothing leaves the last question on screen
     if remembered is not None:
         try:
-            remembered.save(chat_id, sent)
-        except OSError as exc:  # a convenience only: the turn itself is stored
+            record = orchestrator.state_manager.load(chat_id)
+            if record is not None:
+                remembered.save(chat_id, waiting, record.version)
+        except (OSError, ChatOrchestratorError) as exc:  # a convenience: the turn is stored
             logger.warning("could not keep the last messages for a resume: %s", exc)
-    return sent
+    return waiting
 
 
 def _show_resumed(

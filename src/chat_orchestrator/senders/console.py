@@ -97,8 +97,10 @@ class LastMessages:
     """Each chat's last turn of messages, one small JSON file per chat in ``directory``.
 
     File names are the SHA-256 of the chat id (as FileStateManager's), written through a temp
-    file and a rename so a killed console never leaves half a file. It is a convenience for
-    resuming: a missing or unreadable file just means nothing to repeat.
+    file and a rename, so a killed console never leaves half a file. It is a convenience for
+    resuming: a missing or unreadable file just means nothing to repeat. Each file holds the
+    version of the chat's record it was written after, so messages are shown again only while
+    the record is still that one (not after another channel or process moved the chat on).
     """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
@@ -107,28 +109,27 @@ class LastMessages:
     def _path(self, chat_id: str) -> Path:
         return self.directory / f"{hashlib.sha256(chat_id.encode('utf-8')).hexdigest()}.json"
 
-    def save(self, chat_id: str, messages: list[ConsoleMessage]) -> None:
+    def save(self, chat_id: str, messages: list[ConsoleMessage], version: int) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._path(chat_id)
         data = {
             "chat_id": chat_id,
+            "version": version,
             "messages": [{"text": m.text, "options": m.options} for m in messages],
         }
         temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         temp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
         os.replace(temp, path)
 
-    def load(self, chat_id: str) -> list[ConsoleMessage]:
+    def load(self, chat_id: str, version: int) -> list[ConsoleMessage]:
+        """The messages saved after record ``version`` of the chat; [] if none or another."""
         try:
             data = json.loads(self._path(chat_id).read_text(encoding="utf-8"))
-            if data["chat_id"] != chat_id:
+            if data["chat_id"] != chat_id or data["version"] != version:
                 return []
             return [ConsoleMessage(str(m["text"]), m.get("options")) for m in data["messages"]]
         except (OSError, ValueError, KeyError, TypeError):
             return []
-
-    def forget(self, chat_id: str) -> None:
-        self._path(chat_id).unlink(missing_ok=True)
 
 
 def _choices(options: dict[str, Any] | None) -> list[Choice]:
