@@ -267,3 +267,19 @@ def test_terminal_has_line_editing_and_no_line_limit() -> None:
         terminal.expect(b"> ")
         terminal.type(b"\x04")  # Ctrl-D leaves
         assert terminal.wait() == 0
+
+
+def test_without_readline_the_line_limit_is_stated() -> None:
+    code = (
+        "import sys; sys.modules['readline'] = None\n"  # as on a Python built without it
+        "from chat_orchestrator.cli import main\n"
+        "raise SystemExit(main(['run', 'examples/onboarding.py:Onboarding']))\n"
+    )
+    with Terminal([sys.executable, "-c", code], cwd=ROOT) as terminal:
+        terminal.expect(
+            b"(type quit or press Ctrl-D to leave; lines over 4095 characters are cut by the "
+            b"terminal)"
+        )
+        terminal.expect(b"> ")
+        terminal.type(b"\x04")
+        assert terminal.wait() == 0

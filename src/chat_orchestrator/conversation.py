@@ -121,7 +121,9 @@ class Conversation(Generic[C]):
         plain_methods = {
             name
             for name in dir(cls)
-            if not name.startswith("__") and name not in specs and callable(getattr(cls, name))
+            if not name.startswith("__")
+            and name not in specs
+            and callable(getattr(cls, name, None))
         }
         problems.extend(check_flow(flow, not_states=plain_methods))
         if problems:
