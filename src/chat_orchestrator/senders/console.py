@@ -39,6 +39,10 @@ class ConsoleMessage:
         return _choices(self.options)
 
 
+#: The most messages kept per chat for :meth:`ConsoleMessageSender.turn_messages`.
+_KEPT_PER_CHAT = 50
+
+
 class ConsoleMessageSender(MessageSender):
     """Writes each reply on its own line; reply buttons and list rows are shown numbered.
 
@@ -56,7 +60,9 @@ class ConsoleMessageSender(MessageSender):
     ) -> str | None:
         message = ConsoleMessage(text, options)
         self.show(message)
-        self._turn.setdefault(chat_id, []).append(message)
+        kept = self._turn.setdefault(chat_id, [])
+        kept.append(message)
+        del kept[:-_KEPT_PER_CHAT]  # bounded when nobody calls begin_turn (a user's own loop)
         return None
 
     def show(self, message: ConsoleMessage) -> None:
