@@ -1,6 +1,20 @@
-"""Message senders: how replies reach users (console, WhatsApp, or your own)."""
+"""Message senders: how replies reach users (console, WhatsApp, or your own).
 
+``WhatsAppSender`` (extra ``whatsapp``) is imported on first use, so importing this package
+never needs ``requests``; without it that first use raises MissingDependencyError.
+"""
+
+from typing import TYPE_CHECKING
+
+from chat_orchestrator._lazy import lazy_attributes
 from chat_orchestrator.senders.base import MessageSender
 from chat_orchestrator.senders.console import ConsoleMessageSender
 
+if TYPE_CHECKING:
+    from chat_orchestrator.senders.whatsapp import WhatsAppSender as WhatsAppSender
+
 __all__ = ["ConsoleMessageSender", "MessageSender"]
+
+#: Names whose module needs an optional driver, by module.
+OPTIONAL = {"WhatsAppSender": "chat_orchestrator.senders.whatsapp"}
+__getattr__, __dir__ = lazy_attributes(__name__, OPTIONAL, __all__)
