@@ -13,7 +13,9 @@ lease in the same update.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -26,7 +28,12 @@ from chat_orchestrator.errors import (
     VersionConflictError,
     describe_chat_id,
 )
-from chat_orchestrator.state_managers._leased import LeasedStateManager
+from chat_orchestrator.state_managers._leased import (
+    DEFAULT_LOCK_LEASE,
+    DEFAULT_LOCK_TIMEOUT,
+    LeasedStateManager,
+    check_lease_settings,
+)
 from chat_orchestrator.state_managers.base import StateRecord
 
 try:
@@ -47,6 +54,49 @@ __all__ = ["MongoDBStateManager"]
 
 T = TypeVar("T")
 _RECORD_FIELDS = {"s": 1, "c": 1, "v": 1}
+logger = logging.getLogger(__name__)
+
+
+def _secrets_in(uri: str) -> list[str]:
+    """The user-info of ``uri`` and its parts, raw and percent-decoded, longest first."""
+    rest = uri.partition("://")[2]
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    userinfo = netloc.rpartition("@")[0]
+    parts = {userinfo, *userinfo.split(":")}
+    parts |= {urllib.parse.unquote_plus(part) for part in parts}
+    return sorted((part for part in parts if part), key=len, reverse=True)
+
+
+def _redact(text: str, uri: str) -> str:
+    for secret in _secrets_in(uri):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _connect(uri: str, timeout: float) -> tuple[pymongo.MongoClient[dict[str, Any]], str]:
+    """A client and its ``host:port`` list; a bad URI is StateManagerError with no secret.
+
+    The cause chained is a copy of the driver's exception with any user-info replaced by
+    ``***`` (its traceback kept), so a logged traceback shows no password either.
+    """
+    if not isinstance(uri, str):
+        raise StateManagerError(f"the MongoDB URI must be a str, not {type(uri).__name__}")
+    try:
+        nodes = parse_uri(uri)["nodelist"]  # resolves mongodb+srv (DNS) once, here
+        ms = int(timeout * 1000)
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms
+        )
+    except (PyMongoError, ValueError, TypeError) as exc:
+        reason = _redact(f"{type(exc).__name__}: {exc}", uri)
+        try:
+            cause: BaseException = type(exc)(_redact(str(exc), uri))
+        except Exception:  # an exception type with another constructor: keep the message only
+            cause = StateManagerError(reason)
+        raise StateManagerError(f"invalid MongoDB URI ({reason})") from cause.with_traceback(
+            exc.__traceback__
+        )
+    return client, ",".join(f"{host}:{port}" for host, port in nodes)
 
 
 def _now_ms() -> int:
@@ -56,9 +106,14 @@ def _now_ms() -> int:
 class MongoDBStateManager(LeasedStateManager):
     """State in a MongoDB collection for any number of worker processes.
 
-    ``lock_lease`` (s): how long a turn may hold a chat before another worker may take it
-    (measured with the workers' clocks: keep them in sync). ``lock_timeout`` (s): how long a
-    turn waits for a busy chat. ``ttl`` (s, optional): a TTL index drops chats idle that long.
+    ``lock_lease`` (s, default 10): how long a dead worker's lease outlives it (measured with
+    the workers' clocks: keep them in sync); a live turn renews its lease every third of that
+    while its step runs, however long the step takes. ``lock_timeout`` (s, default 30, None:
+    forever): how long a turn waits for a busy chat; longer than the lease, so a chat whose
+    worker was killed mid-turn is free again before the next message gives up.
+    ``ttl`` (s, optional): a TTL index drops chats idle that long; a different ``ttl`` after a
+    restart changes that index in place (``collMod``). Claims expire per document, so their
+    ``ttl`` may differ from call to call. A bad ``uri`` is StateManagerError, no secret shown.
     """
 
     def __init__(
@@ -69,8 +124,8 @@ class MongoDBStateManager(LeasedStateManager):
         collection: str | Collection[dict[str, Any]] = "chat_states",
         client: pymongo.MongoClient[dict[str, Any]] | None = None,
         ttl: float | None = None,
-        lock_lease: float = 30.0,
-        lock_timeout: float | None = 10.0,
+        lock_lease: float = DEFAULT_LOCK_LEASE,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
         timeout: float = 5.0,
     ) -> None:
         if isinstance(collection, Collection):
@@ -78,26 +133,19 @@ class MongoDBStateManager(LeasedStateManager):
             self._address = ",".join(f"{h}:{p}" for h, p in collection.database.client.nodes)
         else:
             if client is None:
-                ms = int(timeout * 1000)
-                client = pymongo.MongoClient(
-                    uri,
-                    serverSelectionTimeoutMS=ms,
-                    connectTimeoutMS=ms,
-                    socketTimeoutMS=ms,
-                )
-                nodes = parse_uri(uri)["nodelist"]
-                self._address = ",".join(f"{host}:{port}" for host, port in nodes)
+                client, self._address = _connect(uri, timeout)
             else:
                 self._address = ",".join(f"{h}:{p}" for h, p in client.nodes) or "injected client"
             self._collection = client[database][collection]
         self._claims_indexed = False
-        self._lease_ms = max(1, int(lock_lease * 1000))
+        self._lease_ms = check_lease_settings(lock_lease, lock_timeout)
         self._lock_timeout = lock_timeout
         if ttl is not None:
+            seconds = max(1, int(ttl))
             self._call(
                 "create the TTL index for",
                 "*",
-                lambda: self._collection.create_index("at", expireAfterSeconds=max(1, int(ttl))),
+                lambda: _ensure_ttl_index(self._collection, "at", seconds),
             )
 
     def __repr__(self) -> str:
@@ -207,32 +255,39 @@ class MongoDBStateManager(LeasedStateManager):
         return expected + 1
 
     # -- once-only markers -----------------------------------------------------------------
+    @property
+    def _claims(self) -> Collection[dict[str, Any]]:
+        return self._collection.database[f"{self._collection.name}_claims"]
+
     def claim(self, key: str, ttl: float) -> bool:
         """A document per key in ``<collection>_claims``; the unique ``_id`` makes it atomic."""
-        claims = self._collection.database[f"{self._collection.name}_claims"]
+        claims = self._claims
         if not self._claims_indexed:
-            # Lets a real MongoDB delete markers once they are no longer needed.
-            self._call(
-                "index claims for",
-                key,
-                lambda: claims.create_index("at", expireAfterSeconds=max(1, int(ttl))),
-            )
+            # Each marker carries its own end (``exp``), so one TTL index of 0 s serves every
+            # ``ttl``: a new retention after a restart never needs a different index.
+            self._call("index claims for", key, lambda: _ensure_claims_index(claims))
             self._claims_indexed = True
         now = _now_ms()
         until = now + max(1, int(ttl * 1000))
+        fields = {"until": until, "exp": _from_ms(until), "at": _utcnow()}
 
         def insert() -> bool:
             try:
-                claims.insert_one({"_id": key, "until": until, "at": _utcnow()})
+                claims.insert_one({"_id": key, **fields})
                 return True
             except DuplicateKeyError:
                 # Taken before: it counts again only once expired.
                 taken = claims.find_one_and_update(
-                    {"_id": key, "until": {"$lt": now}}, {"$set": {"until": until}}
+                    {"_id": key, "until": {"$lt": now}}, {"$set": fields}
                 )
                 return taken is not None
 
         return self._call("claim", key, insert)
+
+    def release_claim(self, key: str) -> None:
+        """Forget ``key``: the next ``claim`` of it succeeds (a turn that failed to run)."""
+        claims = self._claims
+        self._call("release the claim of", key, lambda: claims.delete_one({"_id": key}))
 
     # -- leases ---------------------------------------------------------------------------
     def _try_acquire(self, chat_id: str, token: str) -> tuple[bool, StateRecord | None]:
@@ -268,9 +323,68 @@ class MongoDBStateManager(LeasedStateManager):
 
         self._call("unlock", chat_id, release)
 
+    def _renew(self, chat_id: str, token: str) -> bool:
+        # ``lu > 0``: a lease already dropped (by the write or an unlock) is never revived.
+        query = {"_id": chat_id, "lk": token, "lu": {"$gt": 0}}
+        update = {"$set": {"lu": _now_ms() + self._lease_ms}}
+        result = self._call(
+            "renew the lease of",
+            chat_id,
+            lambda: self._collection.update_one(query, update),
+        )
+        return result.matched_count == 1
+
     def close(self) -> None:
         self._collection.database.client.close()
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _from_ms(epoch_ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)
+
+
+def _ensure_ttl_index(collection: Collection[dict[str, Any]], field: str, seconds: int) -> None:
+    """A TTL index on ``field`` of ``seconds``, changing an existing one in place.
+
+    MongoDB refuses ``createIndex`` for a key that already has an index with other options
+    (IndexOptionsConflict), so a changed TTL goes through ``collMod``. Indexes are found by
+    key, not name: another tool (or server) may have named it differently.
+    """
+    for info in collection.list_indexes():
+        if dict(info["key"]) != {field: 1}:
+            continue
+        current = info.get("expireAfterSeconds")
+        if current is None:
+            raise StateManagerError(
+                f"{collection.full_name} has an index {info['name']!r} on {field!r} that is not "
+                "a TTL index; drop it to let chat-orchestrator expire documents"
+            )
+        if current != seconds:
+            logger.info(
+                "changing the TTL index of %s on %r from %s s to %s s",
+                collection.full_name,
+                field,
+                current,
+                seconds,
+            )
+            collection.database.command(
+                {
+                    "collMod": collection.name,
+                    "index": {"keyPattern": {field: 1}, "expireAfterSeconds": seconds},
+                }
+            )
+        return
+    collection.create_index(field, expireAfterSeconds=seconds)
+
+
+def _ensure_claims_index(claims: Collection[dict[str, Any]]) -> None:
+    for info in claims.list_indexes():
+        # Before per-marker expiry, claims expired ``retention`` after ``at``: that index
+        # would delete markers early after a longer retention, so it goes.
+        if dict(info["key"]) == {"at": 1} and "expireAfterSeconds" in info:
+            logger.info("dropping the old TTL index %r of %s", info["name"], claims.full_name)
+            claims.drop_index(info["name"])
+    _ensure_ttl_index(claims, "exp", 0)
