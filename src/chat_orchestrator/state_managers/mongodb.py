@@ -13,9 +13,7 @@ lease in the same update.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -46,57 +44,20 @@ try:
         DuplicateKeyError,
         PyMongoError,
     )
-    from pymongo.uri_parser import parse_uri
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("pymongo", "mongo") from exc
+
+# After the guarded import: this module needs pymongo too.
+from chat_orchestrator.state_managers._mongo_admin import (
+    connect,
+    ensure_claims_index,
+    ensure_ttl_index,
+)
 
 __all__ = ["MongoDBStateManager"]
 
 T = TypeVar("T")
 _RECORD_FIELDS = {"s": 1, "c": 1, "v": 1}
-logger = logging.getLogger(__name__)
-
-
-def _secrets_in(uri: str) -> list[str]:
-    """The user-info of ``uri`` and its parts, raw and percent-decoded, longest first."""
-    rest = uri.partition("://")[2]
-    netloc = rest.split("/", 1)[0].split("?", 1)[0]
-    userinfo = netloc.rpartition("@")[0]
-    parts = {userinfo, *userinfo.split(":")}
-    parts |= {urllib.parse.unquote_plus(part) for part in parts}
-    return sorted((part for part in parts if part), key=len, reverse=True)
-
-
-def _redact(text: str, uri: str) -> str:
-    for secret in _secrets_in(uri):
-        text = text.replace(secret, "***")
-    return text
-
-
-def _connect(uri: str, timeout: float) -> tuple[pymongo.MongoClient[dict[str, Any]], str]:
-    """A client and its ``host:port`` list; a bad URI is StateManagerError with no secret.
-
-    The cause chained is a copy of the driver's exception with any user-info replaced by
-    ``***`` (its traceback kept), so a logged traceback shows no password either.
-    """
-    if not isinstance(uri, str):
-        raise StateManagerError(f"the MongoDB URI must be a str, not {type(uri).__name__}")
-    try:
-        nodes = parse_uri(uri)["nodelist"]  # resolves mongodb+srv (DNS) once, here
-        ms = int(timeout * 1000)
-        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms
-        )
-    except (PyMongoError, ValueError, TypeError) as exc:
-        reason = _redact(f"{type(exc).__name__}: {exc}", uri)
-        try:
-            cause: BaseException = type(exc)(_redact(str(exc), uri))
-        except Exception:  # an exception type with another constructor: keep the message only
-            cause = StateManagerError(reason)
-        raise StateManagerError(f"invalid MongoDB URI ({reason})") from cause.with_traceback(
-            exc.__traceback__
-        )
-    return client, ",".join(f"{host}:{port}" for host, port in nodes)
 
 
 def _now_ms() -> int:
@@ -133,7 +94,7 @@ class MongoDBStateManager(LeasedStateManager):
             self._address = ",".join(f"{h}:{p}" for h, p in collection.database.client.nodes)
         else:
             if client is None:
-                client, self._address = _connect(uri, timeout)
+                client, self._address = connect(uri, timeout)
             else:
                 self._address = ",".join(f"{h}:{p}" for h, p in client.nodes) or "injected client"
             self._collection = client[database][collection]
@@ -145,7 +106,7 @@ class MongoDBStateManager(LeasedStateManager):
             self._call(
                 "create the TTL index for",
                 "*",
-                lambda: _ensure_ttl_index(self._collection, "at", seconds),
+                lambda: ensure_ttl_index(self._collection, "at", seconds),
             )
 
     def __repr__(self) -> str:
@@ -265,7 +226,7 @@ class MongoDBStateManager(LeasedStateManager):
         if not self._claims_indexed:
             # Each marker carries its own end (``exp``), so one TTL index of 0 s serves every
             # ``ttl``: a new retention after a restart never needs a different index.
-            self._call("index claims for", key, lambda: _ensure_claims_index(claims))
+            self._call("index claims for", key, lambda: ensure_claims_index(claims))
             self._claims_indexed = True
         now = _now_ms()
         until = now + max(1, int(ttl * 1000))
@@ -344,47 +305,3 @@ def _utcnow() -> dt.datetime:
 
 def _from_ms(epoch_ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)
-
-
-def _ensure_ttl_index(collection: Collection[dict[str, Any]], field: str, seconds: int) -> None:
-    """A TTL index on ``field`` of ``seconds``, changing an existing one in place.
-
-    MongoDB refuses ``createIndex`` for a key that already has an index with other options
-    (IndexOptionsConflict), so a changed TTL goes through ``collMod``. Indexes are found by
-    key, not name: another tool (or server) may have named it differently.
-    """
-    for info in collection.list_indexes():
-        if dict(info["key"]) != {field: 1}:
-            continue
-        current = info.get("expireAfterSeconds")
-        if current is None:
-            raise StateManagerError(
-                f"{collection.full_name} has an index {info['name']!r} on {field!r} that is not "
-                "a TTL index; drop it to let chat-orchestrator expire documents"
-            )
-        if current != seconds:
-            logger.info(
-                "changing the TTL index of %s on %r from %s s to %s s",
-                collection.full_name,
-                field,
-                current,
-                seconds,
-            )
-            collection.database.command(
-                {
-                    "collMod": collection.name,
-                    "index": {"keyPattern": {field: 1}, "expireAfterSeconds": seconds},
-                }
-            )
-        return
-    collection.create_index(field, expireAfterSeconds=seconds)
-
-
-def _ensure_claims_index(claims: Collection[dict[str, Any]]) -> None:
-    for info in claims.list_indexes():
-        # Before per-marker expiry, claims expired ``retention`` after ``at``: that index
-        # would delete markers early after a longer retention, so it goes.
-        if dict(info["key"]) == {"at": 1} and "expireAfterSeconds" in info:
-            logger.info("dropping the old TTL index %r of %s", info["name"], claims.full_name)
-            claims.drop_index(info["name"])
-    _ensure_ttl_index(claims, "exp", 0)
