@@ -57,9 +57,9 @@ def connect(uri: str, timeout: float) -> tuple[pymongo.MongoClient[dict[str, Any
             cause: BaseException = type(exc)(_redact(str(exc), uri))
         except Exception:  # an exception type with another constructor: keep the message only
             cause = StateManagerError(reason)
-        raise StateManagerError(f"invalid MongoDB URI ({reason})") from cause.with_traceback(
-            exc.__traceback__
-        )
+        raise StateManagerError(
+            f"invalid MongoDB URI or client options ({reason})"
+        ) from cause.with_traceback(exc.__traceback__)
     return client, ",".join(f"{host}:{port}" for host, port in nodes)
 
 
