@@ -89,10 +89,12 @@ def test_bad_uri_is_a_tree_error_without_the_password(
         MongoDBStateManager(uri, timeout=0.5)
     error = caught.value
     shown = "".join(traceback.format_exception(error)) + repr(error) + caplog.text
-    cause = error.__cause__
-    while cause is not None:
-        shown += repr(cause)
-        cause = cause.__cause__
+    chained: list[BaseException | None] = [error.__cause__, error.__context__]
+    while chained:  # every exception reachable from the error, hidden context included
+        link = chained.pop()
+        if link is not None:
+            shown += repr(link) + str(link)
+            chained += [link.__cause__, link.__context__]
     assert SECRET not in shown
     assert "MongoDB URI" in str(error)
 

@@ -52,15 +52,18 @@ def connect(uri: str, timeout: float) -> tuple[pymongo.MongoClient[dict[str, Any
             uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms
         )
     except (PyMongoError, ValueError, TypeError) as exc:
-        reason = _redact(f"{type(exc).__name__}: {exc}", uri)
-        try:
-            cause: BaseException = type(exc)(_redact(str(exc), uri))
-        except Exception:  # an exception type with another constructor: keep the message only
-            cause = StateManagerError(reason)
-        raise StateManagerError(
-            f"invalid MongoDB URI or client options ({reason})"
-        ) from cause.with_traceback(exc.__traceback__)
-    return client, ",".join(f"{host}:{port}" for host, port in nodes)
+        failure = exc
+    else:
+        return client, ",".join(f"{host}:{port}" for host, port in nodes)
+    # Raised outside the ``except`` block, so the original is not even the hidden __context__.
+    reason = _redact(f"{type(failure).__name__}: {failure}", uri)
+    try:
+        cause: BaseException = type(failure)(_redact(str(failure), uri))
+    except Exception:  # an exception type with another constructor: keep the message only
+        cause = StateManagerError(reason)
+    raise StateManagerError(
+        f"invalid MongoDB URI or client options ({reason})"
+    ) from cause.with_traceback(failure.__traceback__)
 
 
 def ensure_ttl_index(collection: Collection[dict[str, Any]], field: str, seconds: int) -> None:
