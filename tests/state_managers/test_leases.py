@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from chat_orchestrator.errors import LockTimeoutError
+from chat_orchestrator.errors import LockTimeoutError, StateManagerUnavailableError, StepError
 from chat_orchestrator.senders.base import MessageSender
 from chat_orchestrator.state_managers._leased import (
     DEFAULT_LOCK_LEASE,
@@ -215,3 +215,50 @@ def test_bad_lease_settings_are_refused(
             build(cls, address, lock_lease=lease)
     with pytest.raises(ValueError, match="lock_timeout"):
         build(cls, address, lock_timeout=float("nan"))
+
+
+def test_renewer_survives_a_failed_renewal_and_keeps_the_lease(
+    backend: tuple[type[LeasedStateManager], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    cls, address = backend
+    lease = scaled(cls)["lock_lease"]
+    holder = build(cls, address, **scaled(cls))
+    real_renew = holder._renew
+    failures = [StateManagerUnavailableError("backend briefly away")]
+
+    def flaky_renew(chat_id: str, token: str) -> bool:
+        if failures:
+            raise failures.pop()
+        return real_renew(chat_id, token)
+
+    holder._renew = flaky_renew  # type: ignore[method-assign]
+    other = build(cls, address, lock_lease=lease, lock_timeout=lease / 5)
+    with holder.lock("c"):
+        time.sleep(lease * 2.5)  # the first renewal failed, the next ones kept the lease
+        with pytest.raises(LockTimeoutError):
+            other.begin_turn("c")
+    assert not failures
+    assert "could not renew the lease of chat 'c'" in caplog.text
+
+
+def test_failed_step_leaves_nothing_to_renew_and_the_chat_free(
+    backend: tuple[type[LeasedStateManager], str],
+) -> None:
+    cls, address = backend
+    manager = build(cls, address, **scaled(cls))
+    orchestrator = counter_orchestrator(manager, RecordingSender())
+
+    @orchestrator.register_step("boom")
+    def boom(
+        chat_id: str, user_input: str | None, context: dict[str, Any], sender: MessageSender
+    ) -> tuple[str, dict[str, Any]]:
+        assert len(renewer) == 1  # held while the step runs
+        raise RuntimeError("step failed")
+
+    manager.set_state("c", "boom", {})
+    with pytest.raises(StepError):
+        orchestrator.handle_message("c", "tick")
+    assert len(renewer) == 0
+    other = build(cls, address, lock_lease=1, lock_timeout=0)
+    other.begin_turn("c").close()  # free at once, no lease left behind
+    assert manager.get_state("c") == ("boom", {})

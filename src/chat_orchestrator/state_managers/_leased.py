@@ -16,12 +16,11 @@ Leases are short (``DEFAULT_LOCK_LEASE``) so that a killed worker frees its chat
 a turn waits much longer than that (``DEFAULT_LOCK_TIMEOUT``), so the next message for a chat
 whose holder died still runs. A live holder whose step outlasts the lease (an LLM call) keeps
 it: one daemon thread per process renews every held lease each third of its length. The
-thread is shared: a turn costs a dict insert and a heap push, not a thread or a round trip.
+thread is shared: a turn costs a dict insert and delete, not a thread or a round trip.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import math
@@ -98,10 +97,12 @@ new_token = _Tokens()
 class _Renewer:
     """One daemon thread per process that renews every held lease each third of its length.
 
-    ``_active`` maps a token to its (manager, chat id); ``_heap`` holds (due, token) and keeps
-    stale entries of finished leases until they come up (cheaper than removing them on every
-    turn). The thread sleeps until the earliest due time; a new lease wakes it only when it
-    is due sooner than that, so at load a turn never signals the thread.
+    ``_active`` maps a token to (manager, chat id, due time): only the turns running right now,
+    so the thread simply scans it every tick (an eighth of the shortest renewal period held)
+    and sleeps on a condition while it is empty. A turn costs one dict insert and one delete
+    under an uncontended lock; it signals the thread only to wake it from idle or to shorten
+    its tick. Renewals are made one after another: a backend that hangs for its socket timeout
+    delays the others by that much (the period leaves two more tries before a lease ends).
     """
 
     def __init__(self) -> None:
@@ -110,22 +111,25 @@ class _Renewer:
 
     def reset(self) -> None:
         self._wake = threading.Condition(threading.Lock())
-        self._active: dict[str, tuple[LeasedStateManager, str]] = {}
-        self._heap: list[tuple[float, str]] = []
-        self._next_wake = math.inf
+        self._active: dict[str, tuple[LeasedStateManager, str, float]] = {}
+        self._tick = math.inf  # the thread's current sleep; inf while idle
         self._thread: threading.Thread | None = None
 
+    @staticmethod
+    def _period(manager: LeasedStateManager) -> float:
+        return manager._lease_ms / 3000  # a third of the lease: two spare tries before it ends
+
     def hold(self, manager: LeasedStateManager, chat_id: str, token: str) -> None:
-        due = time.monotonic() + manager._lease_ms / 3000
+        period = self._period(manager)
+        due = time.monotonic() + period
         with self._wake:
-            self._active[token] = (manager, chat_id)
-            heapq.heappush(self._heap, (due, token))
+            self._active[token] = (manager, chat_id, due)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="chat-orchestrator-lease-renewer", daemon=True
                 )
                 self._thread.start()
-            if due < self._next_wake:
+            if period / 8 < self._tick:
                 self._wake.notify()
 
     def drop(self, token: str) -> None:
@@ -136,43 +140,55 @@ class _Renewer:
         return len(self._active)
 
     def _run(self) -> None:
+        idle_ticks = 0
         while True:
             with self._wake:
-                while not self._heap or self._heap[0][0] > time.monotonic():
-                    self._next_wake = self._heap[0][0] if self._heap else math.inf
-                    timeout = None if not self._heap else self._next_wake - time.monotonic()
-                    self._wake.wait(timeout)
-                self._next_wake = -math.inf  # awake: nobody needs to signal
-                _, token = heapq.heappop(self._heap)
-                held = self._active.get(token)
-            if held is not None:
-                self._renew(*held, token)
+                if not self._active:
+                    # Keep ticking for a period after the last turn, so that turns arriving
+                    # one after another never have to signal the thread awake.
+                    idle_ticks += 1
+                    if idle_ticks <= 8 and self._tick < math.inf:
+                        self._wake.wait(self._tick)
+                        continue
+                    self._tick = math.inf
+                    while not self._active:
+                        self._wake.wait()
+                idle_ticks = 0
+                held = list(self._active.items())
+                self._tick = min(
+                    self._period(manager) / 8 for manager, _, _ in self._active.values()
+                )
+                tick = self._tick
+            now = time.monotonic()
+            for token, (manager, chat_id, due) in held:
+                if due <= now:
+                    self._renew(manager, chat_id, token)
+            with self._wake:
+                self._wake.wait(tick)
 
     def _renew(self, manager: LeasedStateManager, chat_id: str, token: str) -> None:
         try:
             renewed = manager._renew(chat_id, token)
-        except Exception as exc:  # the thread must survive a backend outage; retry next time
+        except Exception as exc:  # the thread must survive a backend outage; retry next tick
             logger.warning(
                 "could not renew the lease of chat %s: %s: %s",
                 describe_chat_id(chat_id),
                 type(exc).__name__,
                 exc,
             )
-            renewed = True
+            return
         with self._wake:
             if token not in self._active:
                 return  # the turn ended while we renewed
             if renewed:
-                due = time.monotonic() + manager._lease_ms / 3000
-                heapq.heappush(self._heap, (due, token))
-            else:
-                del self._active[token]
-        if not renewed:
-            logger.warning(
-                "the lease of chat %s expired and another worker took it over while its turn "
-                "still ran; that turn's write will be refused",
-                describe_chat_id(chat_id),
-            )
+                self._active[token] = (manager, chat_id, time.monotonic() + self._period(manager))
+                return
+            del self._active[token]
+        logger.warning(
+            "the lease of chat %s ran out while its turn still ran (renewed too late, or "
+            "another worker took it over); the turn's write is refused if another wrote",
+            describe_chat_id(chat_id),
+        )
 
 
 renewer = _Renewer()
@@ -254,8 +270,8 @@ class LeasedStateManager(RecordStateManager):
     def lock(self, chat_id: str) -> Iterator[None]:
         token = new_token()
         self._acquire_and_load(chat_id, token)
-        renewer.hold(self, chat_id, token)
         try:
+            renewer.hold(self, chat_id, token)
             yield
         finally:
             renewer.drop(token)
@@ -276,7 +292,11 @@ class _LeasedTurn(TurnLease):
         self._held = None
         self._token: str | None = new_token()
         self.record = manager._acquire_and_load(chat_id, self._token)
-        renewer.hold(manager, chat_id, self._token)  # the step may outlast one lease
+        try:
+            renewer.hold(manager, chat_id, self._token)  # the step may outlast one lease
+        except BaseException:  # no thread to renew with: give the lease back
+            self.close()
+            raise
 
     def commit(self, state_id: str, context: dict[str, Any], encoded: str) -> None:
         token = self._token
