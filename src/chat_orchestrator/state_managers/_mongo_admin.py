@@ -5,18 +5,20 @@ Imported by :mod:`chat_orchestrator.state_managers.mongodb` only, after pymongo 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import urllib.parse
 from typing import Any
 
 import pymongo
+from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from chat_orchestrator.errors import StateManagerError
 
-__all__ = ["connect", "ensure_claims_index", "ensure_ttl_index"]
+__all__ = ["connect", "ensure_claims_index", "ensure_ttl_index", "from_ms"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +102,32 @@ def ensure_ttl_index(collection: Collection[dict[str, Any]], field: str, seconds
     collection.create_index(field, expireAfterSeconds=seconds)
 
 
+def from_ms(epoch_ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)
+
+
 def ensure_claims_index(claims: Collection[dict[str, Any]]) -> None:
     for info in claims.list_indexes():
         # Before per-marker expiry, claims expired ``retention`` after ``at``: that index
-        # would delete markers early after a longer retention, so it goes.
+        # would delete markers early after a longer retention, so it goes, once the markers
+        # it served carry their own ``exp`` (the TTL index ignores a document without one).
         if dict(info["key"]) == {"at": 1} and "expireAfterSeconds" in info:
+            _backfill_expiry(claims)
             logger.info("dropping the old TTL index %r of %s", info["name"], claims.full_name)
             claims.drop_index(info["name"])
     ensure_ttl_index(claims, "exp", 0)
+
+
+def _backfill_expiry(claims: Collection[dict[str, Any]]) -> None:
+    # Plain updates in batches, not an update pipeline: not every server speaks those.
+    batch: list[UpdateOne] = []
+    for doc in claims.find({"exp": {"$exists": False}}, {"until": 1}):
+        until = doc.get("until")
+        if isinstance(until, int):
+            query = {"_id": doc["_id"], "exp": {"$exists": False}}
+            batch.append(UpdateOne(query, {"$set": {"exp": from_ms(until)}}))
+        if len(batch) >= 1000:
+            claims.bulk_write(batch, ordered=False)
+            batch = []
+    if batch:
+        claims.bulk_write(batch, ordered=False)

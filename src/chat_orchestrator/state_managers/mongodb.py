@@ -52,6 +52,7 @@ from chat_orchestrator.state_managers._mongo_admin import (
     connect,
     ensure_claims_index,
     ensure_ttl_index,
+    from_ms,
 )
 
 __all__ = ["MongoDBStateManager"]
@@ -230,7 +231,7 @@ class MongoDBStateManager(LeasedStateManager):
             self._claims_indexed = True
         now = _now_ms()
         until = now + max(1, int(ttl * 1000))
-        fields = {"until": until, "exp": _from_ms(until), "at": _utcnow()}
+        fields = {"until": until, "exp": from_ms(until), "at": _utcnow()}
 
         def insert() -> bool:
             try:
