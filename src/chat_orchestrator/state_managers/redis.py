@@ -29,7 +29,12 @@ from chat_orchestrator.errors import (
     VersionConflictError,
     describe_chat_id,
 )
-from chat_orchestrator.state_managers._leased import LeasedStateManager
+from chat_orchestrator.state_managers._leased import (
+    DEFAULT_LOCK_LEASE,
+    DEFAULT_LOCK_TIMEOUT,
+    LeasedStateManager,
+    check_lease_settings,
+)
 from chat_orchestrator.state_managers.base import StateRecord
 
 try:
@@ -93,6 +98,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """)
 
+# KEYS: lock. ARGV: token, lease ms. The holder's renewal: never revives someone else's lock.
+_RENEW = _Script("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+""")
+
 # KEYS: record. ARGV: state, context, ttl ms. Unconditional write that still bumps the version.
 _SET = _Script("""
 local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
@@ -116,8 +127,11 @@ def _text(value: bytes | str) -> str:
 class RedisStateManager(LeasedStateManager):
     """State in Redis (standalone or Cluster) for any number of worker processes.
 
-    ``lock_lease`` (s): how long a turn may hold a chat before another worker may take it.
-    ``lock_timeout`` (s): how long a turn waits for a busy chat before LockTimeoutError.
+    ``lock_lease`` (s, default 10): how long a dead worker's lock outlives it; a live turn's
+    lock is renewed every third of that while its step runs, however long the step takes.
+    ``lock_timeout`` (s, default 30, None: forever): how long a turn waits for a busy chat
+    before LockTimeoutError; longer than the lease, so a chat whose worker was killed mid-turn
+    is free again before the next message gives up.
     ``ttl`` (s, optional): forget a chat after this long without a write.
     """
 
@@ -132,8 +146,8 @@ class RedisStateManager(LeasedStateManager):
         client: redis.Redis | RedisCluster | None = None,
         key_prefix: str = "chat:",
         ttl: float | None = None,
-        lock_lease: float = 30.0,
-        lock_timeout: float | None = 10.0,
+        lock_lease: float = DEFAULT_LOCK_LEASE,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
         socket_timeout: float = 5.0,
     ) -> None:
         if "{" in key_prefix or "}" in key_prefix:
@@ -159,7 +173,7 @@ class RedisStateManager(LeasedStateManager):
             self._address = f"{host}:{port}"
         self._prefix = key_prefix
         self._ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
-        self._lease_ms = max(1, int(lock_lease * 1000))
+        self._lease_ms = check_lease_settings(lock_lease, lock_timeout)
         self._lock_timeout = lock_timeout
 
     def __repr__(self) -> str:
@@ -275,6 +289,15 @@ class RedisStateManager(LeasedStateManager):
     def _unlock(self, chat_id: str, token: str) -> None:
         _, lock_key = self.keys_for(chat_id)
         self._call("unlock", chat_id, lambda: self._script(_RELEASE, (lock_key,), token))
+
+    def _renew(self, chat_id: str, token: str) -> bool:
+        _, lock_key = self.keys_for(chat_id)
+        renewed = self._call(
+            "renew the lock of",
+            chat_id,
+            lambda: self._script(_RENEW, (lock_key,), token, self._lease_ms),
+        )
+        return bool(renewed)
 
     def close(self) -> None:
         self._client.close()
