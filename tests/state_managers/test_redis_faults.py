@@ -360,8 +360,8 @@ def test_keys_of_long_ids_are_not_kept_alive() -> None:
 
 # -- item 5: nested prefixes never share a key --------------------------------------------------
 def test_managers_with_nested_prefixes_do_not_collide(redis_url: str) -> None:
-    outer = RedisStateManager.from_url(redis_url, key_prefix="p:")
-    inner = RedisStateManager.from_url(redis_url, key_prefix="p:m:", lock_timeout=2)
+    outer = RedisStateManager(url=redis_url, key_prefix="p:")
+    inner = RedisStateManager(url=redis_url, key_prefix="p:m:", lock_timeout=2)
     record_key, lock_key = inner.keys_for("c")
     # Claim keys shaped like the inner manager's keys, minus the outer prefix: with claims at
     # "<prefix>m:<key>" these were the very same Redis keys.
