@@ -290,6 +290,8 @@ def test_reprs_and_errors_never_show_the_password(
                 assert address in str(caught.value)
                 assert_no_secret(str(caught.value))
                 assert_no_secret(repr(caught.value))
+                assert isinstance(caught.value.__cause__, redis.ConnectionError)  # chained
+                assert_no_secret(str(caught.value.__cause__))
     client = redis.Redis(port=free_port(), password="hunter2")
     assert_no_secret(repr(RedisStateManager(client=client)))
     assert_no_secret(repr(RedisStateManager(password="hunter2")))
@@ -319,9 +321,17 @@ def test_logs_and_errors_of_a_real_authenticated_server_never_show_the_password(
                 manager.load("c")
             server_proxy.black_hole = False
             assert_no_secret(str(caught.value))
+            assert_no_secret(str(caught.value.__cause__))
+            with pytest.raises(StateManagerUnavailableError) as caught:  # a wrong password
+                RedisStateManager.from_url(url.replace("nter2", "nter3")).load("c")
+            shown = f"{caught.value} {caught.value.__cause__}"
+            assert "AuthenticationError" in shown
+            assert_no_secret(shown)
+            assert "nter3" not in shown
             manager.close()
         assert "retrying once" in caplog.text
         assert_no_secret(caplog.text)
+        assert "nter3" not in caplog.text
     finally:
         server_proxy.close()
         server.stop()

@@ -282,12 +282,12 @@ class RedisStateManager(LeasedStateManager):
                 raise StateManagerUnavailableError(
                     f"Redis at {self._address} is unavailable while trying to {what} "
                     f"{describe_chat_id(chat_id)}: {type(exc).__name__}"
-                ) from None
+                ) from exc  # redis-py's texts name host:port or the socket path, no credential
             except redis.RedisError as exc:
                 raise StateManagerError(
                     f"Redis at {self._address} failed to {what} {describe_chat_id(chat_id)}: "
                     f"{type(exc).__name__}: {self._redact(str(exc))}"
-                ) from None
+                ) from exc
             self._healthy = True
             return result
 
