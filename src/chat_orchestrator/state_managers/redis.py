@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from chat_orchestrator._jsonctx import decode_context, encode_context
@@ -38,6 +37,14 @@ from chat_orchestrator.errors import (
     describe_chat_id,
 )
 from chat_orchestrator.state_managers._leased import LeasedStateManager, new_token
+from chat_orchestrator.state_managers._redis_scripts import (
+    ACQUIRE_AND_LOAD,
+    CLAIM,
+    RELEASE,
+    SAVE,
+    SET,
+    Script,
+)
 from chat_orchestrator.state_managers.base import StateRecord
 
 try:
@@ -60,77 +67,10 @@ _KEY_CACHE_SIZE = 1024
 _KEY_CACHE_MAX_ID = 256
 
 
-@dataclass(frozen=True, slots=True)
-class _Script:
-    source: str
-    sha: str = ""
-
-    def __post_init__(self) -> None:
-        digest = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
-        object.__setattr__(self, "sha", digest)
-
-
 def _tagged(prefix: str, name: str) -> str:
     """``<prefix>{<digest of name>}:`` (the shared start of every key about ``name``)."""
     tag = hashlib.blake2b(name.encode("utf-8"), digest_size=8).hexdigest()
     return f"{prefix}{{{tag}}}:"
-
-
-# KEYS: marker. ARGV: token, ttl ms. -> 1 claimed (now or by this token before) | 0
-_CLAIM = _Script("""
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
-return 0
-""")
-
-# KEYS: record, lock. ARGV: token, lease ms. -> {1, v, s, c} | {0, pttl of the lock}
-# "Already ours" counts as taken: a repeat after a lost reply must not see its own lease as busy.
-_ACQUIRE_AND_LOAD = _Script("""
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
-    or redis.call('GET', KEYS[2]) == ARGV[1] then
-  local r = redis.call('HMGET', KEYS[1], 'v', 's', 'c')
-  return {1, r[1], r[2], r[3]}
-end
-return {0, redis.call('PTTL', KEYS[2])}
-""")
-
-# KEYS: record, lock. ARGV: token ('' = not a turn: check the version only), expected
-# version, state, context, ttl ms (0 = none), release (1/0), writer token.
-# -> new version | {reason, v}. A record one past the expected version whose writer is this
-# writer is this very write, repeated after a lost reply: success, not a conflict.
-_SAVE = _Script("""
-local r = redis.call('HMGET', KEYS[1], 'v', 'w')
-local v = tonumber(r[1] or '0')
-if v ~= tonumber(ARGV[2]) then
-  if v == tonumber(ARGV[2]) + 1 and r[2] == ARGV[7] then return v end
-  return {'conflict', v}
-end
-local holder = redis.call('GET', KEYS[2])
-if ARGV[1] ~= '' and holder and holder ~= ARGV[1] then
-  return {'locked', v}
-end
-redis.call('HSET', KEYS[1], 'v', v + 1, 's', ARGV[3], 'c', ARGV[4], 'w', ARGV[7])
-if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
-if ARGV[6] == '1' and holder then redis.call('DEL', KEYS[2]) end
-return v + 1
-""")
-
-# KEYS: lock. ARGV: token.
-_RELEASE = _Script("""
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-""")
-
-# KEYS: record. ARGV: state, context, ttl ms, writer token. Unconditional write that still
-# bumps the version (once: a repeat by the same writer returns the version it made).
-_SET = _Script("""
-local r = redis.call('HMGET', KEYS[1], 'v', 'w')
-if r[2] == ARGV[4] then return tonumber(r[1]) end
-local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
-redis.call('HSET', KEYS[1], 's', ARGV[1], 'c', ARGV[2], 'w', ARGV[4])
-if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-return v
-""")
 
 
 def _address(options: Mapping[str, Any]) -> str:
@@ -245,7 +185,7 @@ class RedisStateManager(LeasedStateManager):
     def _claim_key(self, key: str) -> str:
         return f"{_tagged(self._prefix, key)}m:{key}"
 
-    def _script(self, script: _Script, keys: tuple[str, ...], *args: str | int) -> Any:
+    def _script(self, script: Script, keys: tuple[str, ...], *args: str | int) -> Any:
         # EVALSHA through execute_command: redis-py's Script.__call__ costs several
         # microseconds per call in Python, a turn makes two, and a turn should cost little
         # more than the two round trips themselves. Cluster clients route EVALSHA by its keys.
@@ -313,7 +253,7 @@ class RedisStateManager(LeasedStateManager):
         self._call(
             "write chat",
             chat_id,
-            lambda: self._script(_SET, (record_key,), state_id, text, self._ttl_ms, writer),
+            lambda: self._script(SET, (record_key,), state_id, text, self._ttl_ms, writer),
         )
 
     def delete_state(self, chat_id: str) -> None:
@@ -342,7 +282,7 @@ class RedisStateManager(LeasedStateManager):
         release = 0 if token is None else 1
         writer = token or new_token()
         args = (token or "", expected, state_id, text, self._ttl_ms, release, writer)
-        result = self._call("write chat", chat_id, lambda: self._script(_SAVE, keys, *args))
+        result = self._call("write chat", chat_id, lambda: self._script(SAVE, keys, *args))
         if isinstance(result, list):
             reason, found = _text(result[0]), int(result[1])
             detail = "another worker holds its lock" if reason == "locked" else "it changed"
@@ -358,7 +298,7 @@ class RedisStateManager(LeasedStateManager):
         marker = (self._claim_key(key),)
         ttl_ms = max(1, int(ttl * 1000))
         token = new_token()  # a repeat after a lost reply finds its own token: still claimed
-        return bool(self._call("claim", key, lambda: self._script(_CLAIM, marker, token, ttl_ms)))
+        return bool(self._call("claim", key, lambda: self._script(CLAIM, marker, token, ttl_ms)))
 
     def release_claim(self, key: str) -> None:
         """Forget a claim (the work it guarded did not happen), so the key may be claimed again."""
@@ -371,7 +311,7 @@ class RedisStateManager(LeasedStateManager):
         reply = self._call(
             "lock chat",
             chat_id,
-            lambda: self._script(_ACQUIRE_AND_LOAD, keys, token, self._lease_ms),
+            lambda: self._script(ACQUIRE_AND_LOAD, keys, token, self._lease_ms),
         )
         if reply[0] == 1:
             return True, self._record(chat_id, reply[1], reply[2], reply[3])
@@ -379,7 +319,7 @@ class RedisStateManager(LeasedStateManager):
 
     def _unlock(self, chat_id: str, token: str) -> None:
         _, lock_key = self.keys_for(chat_id)
-        self._call("unlock chat", chat_id, lambda: self._script(_RELEASE, (lock_key,), token))
+        self._call("unlock chat", chat_id, lambda: self._script(RELEASE, (lock_key,), token))
 
     def close(self) -> None:
         self._client.close()
