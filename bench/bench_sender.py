@@ -23,9 +23,9 @@ sys.path[:0] = [str(ROOT)]
 
 import anyio  # noqa: E402
 import httpx  # noqa: E402
-from bench._timing import compare, report  # noqa: E402
 from tests.whatsapp.graph_standin import GraphStandIn  # noqa: E402
 
+from _timing import compare, report  # noqa: E402
 from chat_orchestrator.senders.whatsapp import WhatsAppSender  # noqa: E402
 from chat_orchestrator.senders.whatsapp_async import AsyncWhatsAppSender  # noqa: E402
 from chat_orchestrator.senders.whatsapp_core import GraphAPI, RetryPolicy  # noqa: E402
