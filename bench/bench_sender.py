@@ -4,17 +4,20 @@ Run by hand: ``uv run python bench/bench_sender.py [--quick]``.
 Each pair sends the same text message one at a time: the raw side posts a prebuilt body with
 ``httpx`` and reads the id from the JSON answer; the sender side builds and checks the payload,
 interprets the answer and runs the retry loop. Two targets: the local Graph API stand-in over
-real HTTP on 127.0.0.1 (what a send costs end to end), and ``httpx.MockTransport`` answering
+real HTTP on 127.0.0.1, served from its own process so that client and server do not share a
+GIL (what a send costs end to end), and ``httpx.MockTransport`` answering
 in-process (the sender's own CPU cost, without the socket and server noise).
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,14 @@ BODY = {
     "text": {"preview_url": False, "body": TEXT},
 }
 ANSWER = json.dumps({"messaging_product": "whatsapp", "messages": [{"id": "wamid.X"}]}).encode()
+
+
+def serve_standin(conn: Connection) -> None:
+    """Child process: run the stand-in, report where it listens, serve until told to stop."""
+    graph = GraphStandIn().start()
+    conn.send((graph.base_url, graph.token, graph.phone_number_id, graph.version))
+    conn.recv()
+    graph.stop()
 
 
 def mock_transport() -> httpx.MockTransport:
@@ -124,24 +135,24 @@ def overhead(medians: dict[str, float]) -> str:
 def main() -> None:
     quick = "--quick" in sys.argv
     rounds = 3 if quick else 7
-    graph = GraphStandIn().start()
-    url = f"{graph.base_url}/{graph.version}/{graph.phone_number_id}/messages"
-    real = (url, graph.base_url, graph.token, graph.phone_number_id)
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    server = multiprocessing.get_context("spawn").Process(target=serve_standin, args=(child,))
+    server.start()
+    base_url, token, number, version = parent.recv()
+    real = (f"{base_url}/{version}/{number}/messages", base_url, token, number)
     mock = ("http://graph.test/v25.0/1/messages", "http://graph.test", "tok", "1")
     try:
         ops = 100 if quick else 400
         medians = compare(sync_pair(*real), ops, rounds)
-        report(
-            f"sync, Graph stand-in over HTTP ({ops} sends x {rounds} rounds)",
-            medians,
-            "raw httpx.Client.post",
-        )
+        title = f"sync, Graph stand-in over HTTP ({ops} sends x {rounds} rounds)"
+        report(title, medians, "raw httpx.Client.post")
         print(overhead(medians))
         medians = anyio.run(lambda: async_run(*real, ops, rounds))
         report("async, Graph stand-in over HTTP", medians, "raw httpx.AsyncClient.post")
         print(overhead(medians))
     finally:
-        graph.stop()
+        parent.send("stop")
+        server.join()
     ops = 1000 if quick else 5000
     medians = compare(sync_pair(*mock, transport=mock_transport()), ops, rounds)
     report(

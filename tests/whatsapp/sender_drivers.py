@@ -143,7 +143,7 @@ class SilentServer:
                 except TimeoutError:
                     continue
                 self.connections += 1
-                conn.recv(65536)  # the request arrived: from here it may have been delivered
+                _read_request(conn)  # the request arrived: from here it may have been delivered
                 if self.hang_up:
                     conn.close()
                 else:
@@ -159,6 +159,31 @@ class SilentServer:
             for conn in open_sockets:
                 conn.close()
             listener.close()
+
+
+def _read_request(conn: socket.socket) -> None:
+    """Read one whole request, so a hang-up is a clean FIN and not a reset of unread bytes."""
+    conn.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        body += chunk
 
 
 def closed_port() -> int:
