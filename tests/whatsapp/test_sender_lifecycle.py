@@ -97,8 +97,8 @@ def test_a_users_async_sender_needs_only_send_message() -> None:
     "module", ["chat_orchestrator.senders.whatsapp", "chat_orchestrator.senders.whatsapp_async"]
 )
 def test_missing_httpx_names_the_extra(module: str) -> None:
-    code = (
-        "import sys; sys.modules['httpx'] = None\n"
+    code = (  # neither httpx nor its anyio: the extra is not installed at all
+        "import sys; sys.modules['httpx'] = sys.modules['anyio'] = None\n"
         "from chat_orchestrator.errors import MissingDependencyError\n"
         "try:\n"
         f"    import {module}\n"

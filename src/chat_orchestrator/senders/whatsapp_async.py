@@ -11,8 +11,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import anyio
-
 from chat_orchestrator.senders.base import AsyncMessageSender
 from chat_orchestrator.senders.whatsapp_base import GraphSender
 from chat_orchestrator.senders.whatsapp_core import GraphCall, Retry, RetryPolicy, httpx
@@ -35,6 +33,10 @@ class AsyncWhatsAppSender(
         return httpx.AsyncClient()
 
     def _default_sleep(self) -> Callable[[float], Awaitable[None]]:
+        # Imported here, behind the core's httpx guard: anyio is httpx's own dependency, and a
+        # module-level import would fail with a bare ModuleNotFoundError before that guard.
+        import anyio
+
         return anyio.sleep
 
     async def send_message(
