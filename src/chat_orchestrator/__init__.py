@@ -66,6 +66,9 @@ if TYPE_CHECKING:
         inbound_message as inbound_message,
     )
     from chat_orchestrator.senders.whatsapp import WhatsAppSender as WhatsAppSender
+    from chat_orchestrator.senders.whatsapp_async import (
+        AsyncWhatsAppSender as AsyncWhatsAppSender,
+    )
     from chat_orchestrator.state_managers.mongodb import MongoDBStateManager as MongoDBStateManager
     from chat_orchestrator.state_managers.redis import RedisStateManager as RedisStateManager
 
@@ -122,6 +125,7 @@ OPTIONAL = {
     "RedisStateManager": "chat_orchestrator.state_managers.redis",
     "WhatsAppBot": "chat_orchestrator.channels",
     "WhatsAppSender": "chat_orchestrator.senders.whatsapp",
+    "AsyncWhatsAppSender": "chat_orchestrator.senders.whatsapp_async",
     "WhatsAppWebhook": "chat_orchestrator.channels",
     "inbound_message": "chat_orchestrator.channels",
 }

@@ -81,6 +81,12 @@ def shape_problem(body: Any) -> str | None:
     return None
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog of 5 resets connections under 50 concurrent sends.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @dataclass
 class GraphStandIn:
     token: str = "test-token-SECRET-123"
@@ -104,8 +110,7 @@ class GraphStandIn:
             def do_POST(self) -> None:
                 standin._handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

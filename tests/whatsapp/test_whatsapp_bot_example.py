@@ -137,9 +137,9 @@ def test_two_workers_on_one_redis_run_a_redelivered_message_once(
     assert RedisStateManager(url=redis_url).get_state("15550002222") == ("start", {"n": 1})
 
 
-def test_missing_requests_is_a_clear_import_error() -> None:
+def test_missing_httpx_is_a_clear_import_error() -> None:
     code = (
-        "import sys; sys.modules['requests'] = None\n"
+        "import sys; sys.modules['httpx'] = None\n"
         "from chat_orchestrator.errors import MissingDependencyError\n"
         "try:\n"
         "    import chat_orchestrator.senders.whatsapp\n"
