@@ -131,11 +131,21 @@ class ClaimMarkers:
     def _claim_in(self, dir_fd: int, name: str, key: str, deadline: float) -> bool:
         tmp = f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600, dir_fd=dir_fd)
             try:
-                write_all(fd, repr(deadline).encode())
-            finally:
-                os.close(fd)
+                fd = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600, dir_fd=dir_fd
+                )
+                try:
+                    write_all(fd, repr(deadline).encode())
+                finally:
+                    os.close(fd)
+            except OSError:
+                # A full disk still knows its duplicates: a live marker needs no new file.
+                if not _expired(dir_fd, name, time.time()):
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=dir_fd)
+                    return False
+                raise
             try:
                 if _link(dir_fd, tmp, name):
                     return True
