@@ -298,12 +298,15 @@ def test_expired_markers_do_not_survive_a_restart(tmp_path: Path) -> None:
     for i in range(10):
         assert manager.claim(f"live-{i}", 3600) is True
     stale_temp = tmp_path / "claims" / ".dead-claimer.1.2.tmp"
-    stale_temp.write_bytes(b"1")
-    os.utime(stale_temp, (time.time() - 7200, time.time() - 7200))
-    assert len(names(tmp_path / "claims")) == 2_011
+    not_ours = tmp_path / "claims" / "README"  # an operator's note: never ours to delete
+    for path in [stale_temp, not_ours]:
+        path.write_bytes(b"1")
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    assert len(names(tmp_path / "claims")) == 2_012
 
     restarted = FileStateManager(state_dir=tmp_path, fsync=False)
-    assert len(names(tmp_path / "claims")) == 10
+    assert len(names(tmp_path / "claims")) == 11
+    assert not_ours.exists()
     assert all(restarted.claim(f"live-{i}", 3600) is False for i in range(10))
     assert restarted.claim("expired-0", 60) is True
 

@@ -43,6 +43,8 @@ SWEEP_SECONDS = 600.0
 # files): an old version's empty marker, or damage. Older than this, it counts as expired.
 _UNREADABLE_GRACE_SECONDS = STALE_TEMP_SECONDS
 
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
 
 class ClaimMarkers:
     """The markers in one directory; safe across threads and processes."""
@@ -99,6 +101,8 @@ class ClaimMarkers:
                 if name.startswith("."):
                     removed += remove_if_old(name, dir_fd, now - STALE_TEMP_SECONDS)
                     continue
+                if not _is_marker_name(name):
+                    continue  # not ours: never delete what we did not write
                 with contextlib.suppress(OSError):
                     if _expired(dir_fd, name, now):
                         os.unlink(name, dir_fd=dir_fd)
@@ -166,6 +170,10 @@ class ClaimMarkers:
             raise StateManagerError(
                 f"cannot record key {describe_chat_id(key)}: {exc.strerror}"
             ) from exc
+
+
+def _is_marker_name(name: str) -> bool:
+    return len(name) == 64 and set(name) <= _HEX_DIGITS
 
 
 def _link(dir_fd: int, tmp: str, name: str) -> bool:
