@@ -15,18 +15,23 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from chat_orchestrator.channels import WhatsAppBot, WhatsAppWebhook
 from chat_orchestrator.errors import StateManagerError, StepError
 from chat_orchestrator.orchestrator import ChatOrchestrator
+from chat_orchestrator.senders.base import MessageSender
 from chat_orchestrator.state_managers import _file_claims
 from chat_orchestrator.state_managers.file import FileStateManager
 from chat_orchestrator.testing import RecordingSender
 from tests.helpers import run_together
+from tests.whatsapp.conftest import APP_SECRET, VERIFY_TOKEN, Served
+from tests.whatsapp.conftest import serve as serve  # the fixture: a real HTTP server
+from tests.whatsapp.graph_standin import fixture_bytes
 
 
 def marker_of(manager: FileStateManager, key: str) -> Path:
@@ -133,6 +138,30 @@ def test_full_disk_claim_and_state_write_fail_cleanly(small_tmpfs: Path) -> None
     assert manager.claim("new", 60) is True
     manager.set_state("c", "s", {"n": 2})
     assert manager.get_state("c") == ("s", {"n": 2})
+
+
+def test_a_full_disk_webhook_post_is_retried_by_meta_and_then_runs_once(
+    small_tmpfs: Path, serve: Callable[[WhatsAppBot], Served]
+) -> None:
+    sender = RecordingSender()
+    orchestrator = ChatOrchestrator(FileStateManager(state_dir=small_tmpfs / "s"), sender)
+
+    @orchestrator.register_step("start")
+    def start(
+        chat_id: str, text: str | None, context: dict[str, Any], sender: MessageSender
+    ) -> tuple[str, dict[str, Any]]:
+        sender.send_message(chat_id, f"got {text}")
+        return "start", {}
+
+    served = serve(WhatsAppBot(orchestrator, WhatsAppWebhook(VERIFY_TOKEN, APP_SECRET)))
+    body = fixture_bytes("inbound_text.json")
+    ballast = fill(small_tmpfs)
+    assert served.post(body).status_code == 503  # Meta redelivers
+    assert sender.sent == []
+    ballast.unlink()
+    assert served.post(body).status_code == 200  # the redelivery runs: no marker was left
+    assert served.post(body).status_code == 200  # and a second one is the duplicate
+    assert len(sender.sent) == 1
 
 
 # -- 2. an expired key is re-claimed exactly once -------------------------------------------
