@@ -196,6 +196,16 @@ def test_a_symlinked_claim_marker_is_not_followed(tmp_path: Path) -> None:
     assert not marker_of(manager, "wa:1").is_symlink()
 
 
+def test_a_symlinked_claims_directory_is_refused(tmp_path: Path) -> None:
+    state_dir, elsewhere = tmp_path / "s", tmp_path / "elsewhere"
+    state_dir.mkdir()
+    elsewhere.mkdir()
+    (state_dir / "claims").symlink_to(elsewhere)
+    with pytest.raises(StateManagerError, match=r"claims directory .*: it is a symlink"):
+        FileStateManager(state_dir=state_dir)
+    assert names(elsewhere) == []
+
+
 def test_state_dir_is_created_private(tmp_path: Path) -> None:
     manager = FileStateManager(state_dir=tmp_path / "new" / "s")
     assert stat.S_IMODE(manager.state_dir.stat().st_mode) == 0o700

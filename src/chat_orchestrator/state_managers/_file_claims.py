@@ -127,9 +127,12 @@ class ClaimMarkers:
                 make_private_dir(self.directory)
                 return os.open(self.directory, flags)
         except OSError as exc:
-            what = "the claims directory" if key is None else f"key {describe_chat_id(key)}"
+            what = "" if key is None else f" for key {describe_chat_id(key)}"
+            # O_NOFOLLOW | O_DIRECTORY answers ENOTDIR for a symlink, even to a directory.
+            bad = exc.errno in (errno.ELOOP, errno.ENOTDIR)
+            reason = "it is a symlink or not a directory" if bad else exc.strerror
             raise StateManagerError(
-                f"cannot open {what} in {str(self.directory)!r}: {exc.strerror}"
+                f"cannot open the claims directory {str(self.directory)!r}{what}: {reason}"
             ) from exc
 
     def _claim_in(self, dir_fd: int, name: str, key: str, deadline: float) -> bool:
