@@ -20,6 +20,7 @@ from chat_orchestrator.errors import (
     ChatOrchestratorError,
     ContextSerializationError,
     ConversationDefinitionError,
+    DuplicateStepError,
     InvalidStepResultError,
     StateManagerError,
     StepError,
@@ -175,7 +176,10 @@ class ChatOrchestrator:
         in_thread: bool,
     ) -> None:
         if state_id in self._steps:
-            raise ValueError(f"a step is already registered for state {state_id!r}")
+            # A definition mistake like any other, so one except clause catches them all.
+            raise DuplicateStepError(
+                "orchestrator", [f"a step is already registered for state {state_id!r}"]
+            )
         is_async = inspect.iscoroutinefunction(function)
         targets = None if to is None else frozenset(to)
         self._steps[state_id] = _Step(function, targets, encodes, is_async, in_thread)

@@ -1,4 +1,4 @@
-"""The message sender contract: a user's sender needs only ``send_message``."""
+"""The message sender contracts: a user's sender needs only ``send_message`` (sync or async)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ class MessageSender(ABC):
 
 
 class AsyncMessageSender(ABC):
-    """The async counterpart of :class:`MessageSender`: ``send_message`` is a coroutine."""
+    """:class:`MessageSender` for event loops: ``send_message`` is a coroutine.
+
+    The same contract: ``options`` as for MessageSender, the channel's message id returned,
+    a SenderError raised when the message cannot be sent.
+    """
 
     @abstractmethod
     async def send_message(

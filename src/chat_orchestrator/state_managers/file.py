@@ -4,7 +4,13 @@
   two ids never share a file (case, unicode normalisation and ``CON`` included), and the file
   keeps the id itself to prove it.
 * Each turn holds an exclusive ``flock`` on the chat's ``.lock`` file; the kernel drops it if
-  the process dies, so a crash cannot leave a chat locked.
+  the process dies, so a crash cannot leave a chat locked. A lock file lives only while its
+  chat has a record: whoever releases the lock of a chat without one (deleted, or a first turn
+  that failed) unlinks it while still holding it, and whoever acquires a lock checks that the
+  path still names the file it locked (else it retries on the new file). Orphans of a crash
+  are removed when a manager opens the directory.
+* Nothing inside ``state_dir`` is opened through a symlink (``O_NOFOLLOW``); ``state_dir`` is
+  created 0700 and a warning is logged if another user owns it or anyone may write to it.
 * Writes go to a temp file that is fsynced, renamed over the record and followed by an fsync
   of the directory: a reader sees the old record or the new one, never a torn file.
 """
@@ -12,10 +18,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,16 +33,28 @@ from typing import Any
 from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import (
     CorruptStateError,
-    LockTimeoutError,
     StateManagerError,
     describe_chat_id,
+)
+from chat_orchestrator.state_managers._file_claims import ClaimMarkers
+from chat_orchestrator.state_managers._file_io import (
+    NOFOLLOW,
+    STALE_TEMP_SECONDS,
+    flock_until,
+    make_private_dir,
+    read_all,
+    remove_if_old,
+    same_file,
+    warn_if_exposed,
+    write_all,
 )
 from chat_orchestrator.state_managers.base import RecordStateManager, StateRecord
 
 __all__ = ["FileStateManager"]
 
+logger = logging.getLogger(__name__)
+
 _FORMAT = 1
-_STALE_TEMP_SECONDS = 3600.0
 
 
 class FileStateManager(RecordStateManager):
@@ -55,15 +76,23 @@ class FileStateManager(RecordStateManager):
         self._fsync = fsync
         self._lock_timeout = lock_timeout
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.state_dir / f".probe-{os.getpid()}"
-            probe.write_bytes(b"")
+            make_private_dir(self.state_dir)
+            # A fresh random name with O_EXCL: nothing planted in advance can be opened.
+            probe = self.state_dir / f".probe-{secrets.token_hex(8)}"
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600))
             probe.unlink()
         except OSError as exc:
             raise StateManagerError(
                 f"state_dir {str(self.state_dir)!r} is not a writable directory: {exc.strerror}"
             ) from exc
-        self._remove_stale_temp_files()
+        warn_if_exposed(self.state_dir)
+        self._markers = ClaimMarkers(self.state_dir / "claims")
+        try:
+            self._sweep()
+        except OSError as exc:
+            raise StateManagerError(
+                f"cannot list state_dir {str(self.state_dir)!r}: {exc.strerror}"
+            ) from exc
 
     def __repr__(self) -> str:
         return f"FileStateManager(state_dir={str(self.state_dir)!r})"
@@ -84,21 +113,32 @@ class FileStateManager(RecordStateManager):
             self._write(chat_id, state_id, text, 1 if current is None else current.version + 1)
 
     def delete_state(self, chat_id: str) -> None:
+        # Releasing the lock of a chat without a record also removes its lock file.
         with self.lock(chat_id):
-            with contextlib.suppress(FileNotFoundError):
-                self.path_for(chat_id).unlink()
-            self._sync_dir()
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path_for(chat_id).unlink()
+            except OSError as exc:
+                raise StateManagerError(
+                    f"cannot delete the record of chat {describe_chat_id(chat_id)}: {exc.strerror}"
+                ) from exc
+            self._sync_dir(chat_id)
 
     # -- versioned records ------------------------------------------------------------------
     def load(self, chat_id: str) -> StateRecord | None:
         path = self.path_for(chat_id)
         try:
-            raw = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | NOFOLLOW)
+            try:
+                raw = read_all(fd)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             return None
         except OSError as exc:
+            reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
             raise StateManagerError(
-                f"cannot read the record of chat {describe_chat_id(chat_id)}: {exc.strerror}"
+                f"cannot read the record of chat {describe_chat_id(chat_id)}: {reason}"
             ) from exc
         return _parse(chat_id, path, raw)
 
@@ -121,61 +161,49 @@ class FileStateManager(RecordStateManager):
 
     @contextlib.contextmanager
     def lock(self, chat_id: str) -> Iterator[None]:
-        lock_path = self.state_dir / f"{self._stem(chat_id)}.lock"
+        stem = self._stem(chat_id)
+        lock_path = self.state_dir / f"{stem}.lock"
+        fd = self._acquire(lock_path, chat_id)
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StateManagerError(
-                f"cannot open the lock of chat {describe_chat_id(chat_id)}: {exc.strerror}"
-            ) from exc
-        try:
-            self._flock(fd, chat_id)
             yield
         finally:
-            os.close(fd)  # closing the only descriptor releases the flock
+            try:
+                if not _exists(self.state_dir / f"{stem}.json"):
+                    with contextlib.suppress(OSError):  # we hold it: nobody else can swap it
+                        os.unlink(lock_path)
+            finally:
+                os.close(fd)  # closing the only descriptor releases the flock
 
-    def _flock(self, fd: int, chat_id: str) -> None:
-        if self._lock_timeout is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            return
-        deadline = time.monotonic() + self._lock_timeout
-        pause = 0.0005
+    def _acquire(self, lock_path: Path, chat_id: str) -> int:
+        timeout = self._lock_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockTimeoutError(
-                        f"chat {describe_chat_id(chat_id)} stayed locked for more than "
-                        f"{self._lock_timeout} s"
-                    ) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.02)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600)
+            except OSError as exc:
+                reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+                raise StateManagerError(
+                    f"cannot open the lock of chat {describe_chat_id(chat_id)}: {reason}"
+                ) from exc
+            try:
+                flock_until(fd, deadline, f"chat {describe_chat_id(chat_id)}", timeout)
+                # The holder we waited for may have unlinked this file (its chat had no
+                # record): then our lock guards nothing and we lock the path's new file.
+                if same_file(fd, lock_path):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
 
     # -- once-only markers -----------------------------------------------------------------
     def claim(self, key: str, ttl: float) -> bool:
-        """A marker file per key in ``state_dir/claims``, created with O_EXCL (atomic)."""
-        claims = self.state_dir / "claims"
-        claims.mkdir(exist_ok=True)
-        path = claims / hashlib.sha256(key.encode("utf-8")).hexdigest()
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                if not _claim_expired(path):
-                    return False
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # expired: whoever re-creates it first claims the key again
-                continue
-            except OSError as exc:
-                raise StateManagerError(f"cannot record key {key!r}: {exc.strerror}") from exc
-            try:
-                os.write(fd, repr(time.time() + ttl).encode())  # the marker's own deadline
-            finally:
-                os.close(fd)
-            return True
-        return False
+        """A marker file per key in ``state_dir/claims``, linked complete or not at all."""
+        return self._markers.claim(key, ttl)
+
+    def release_claim(self, key: str) -> None:
+        """Forget ``key``'s marker (no error if there is none): the next claim wins."""
+        self._markers.release(key)
 
     # -- writing ----------------------------------------------------------------------------
     def _write(self, chat_id: str, state_id: str, context_text: str, version: int) -> None:
@@ -186,11 +214,9 @@ class FileStateManager(RecordStateManager):
         stem = self._stem(chat_id)
         tmp = self.state_dir / f".{stem}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600)
             try:
-                view = memoryview(body)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, body)
                 if self._fsync:
                     os.fsync(fd)
             finally:
@@ -202,36 +228,69 @@ class FileStateManager(RecordStateManager):
             raise StateManagerError(
                 f"cannot write the record of chat {describe_chat_id(chat_id)}: {exc.strerror}"
             ) from exc
-        self._sync_dir()
+        self._sync_dir(chat_id)
 
-    def _sync_dir(self) -> None:
+    def _sync_dir(self, chat_id: str) -> None:
         # The rename is durable only once the directory entry is on disk.
         if not self._fsync:
             return
-        fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.fsync(fd)
+            fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StateManagerError(
+                f"cannot make the change to chat {describe_chat_id(chat_id)} durable: "
+                f"{exc.strerror}"
+            ) from exc
+
+    def _sweep(self) -> None:
+        # What dead processes leave behind. A writer killed between creating and renaming its
+        # temp file leaves it: only old ones go, a young one may be a live writer's. A process
+        # killed while holding the lock of a chat without a record leaves that lock file.
+        dir_fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with os.scandir(dir_fd) as entries:
+                names = {entry.name for entry in entries}
+            cutoff = time.time() - STALE_TEMP_SECONDS
+            for name in names:
+                if name.endswith(".tmp") and name.startswith("."):
+                    remove_if_old(name, dir_fd, cutoff)
+                elif name.endswith(".lock") and f"{name[:-5]}.json" not in names:
+                    _remove_orphan_lock(dir_fd, name)
         finally:
-            os.close(fd)
-
-    def _remove_stale_temp_files(self) -> None:
-        # A writer killed between creating and renaming its temp file leaves it behind. Only
-        # old ones are removed: a young one may belong to a live writer in another process.
-        cutoff = time.time() - _STALE_TEMP_SECONDS
-        for tmp in self.state_dir.glob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                if tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
+            os.close(dir_fd)
 
 
-def _claim_expired(path: Path) -> bool:
+def _remove_orphan_lock(dir_fd: int, name: str) -> None:
+    """Unlink lock file ``name`` if nobody holds it and its chat still has no record."""
     try:
-        deadline = float(path.read_bytes())
+        fd = os.open(name, os.O_RDWR | NOFOLLOW, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a planted symlink: unlinking it never touches its target
+            logger.warning("removing symlink %s planted in state_dir", name)
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Holding the lock, no record can appear; the path must still be the file we locked.
+        if same_file(fd, name, dir_fd) and not _exists(f"{name[:-5]}.json", dir_fd):
+            os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass  # busy (a live turn) or vanished: not an orphan
+    finally:
+        os.close(fd)
+
+
+def _exists(path: str | Path, dir_fd: int | None = None) -> bool:
+    try:
+        os.lstat(path, dir_fd=dir_fd)
     except FileNotFoundError:
-        return True
-    except (OSError, ValueError):
-        return False  # being written by its creator right now: still live
-    return deadline < time.time()
+        return False
+    return True
 
 
 def _parse(chat_id: str, path: Path, raw: bytes) -> StateRecord:
