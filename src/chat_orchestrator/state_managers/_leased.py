@@ -24,7 +24,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from chat_orchestrator.errors import LockTimeoutError, describe_chat_id
-from chat_orchestrator.state_managers.base import RecordStateManager, StateRecord, TurnLease
+from chat_orchestrator.state_managers.base import (
+    RecordStateManager,
+    StateRecord,
+    TurnLease,
+    validate_chat_id,
+    validate_write,
+)
 
 __all__ = ["LeasedStateManager", "new_token"]
 
@@ -95,6 +101,7 @@ class LeasedStateManager(RecordStateManager):
         expected_version: int,
         encoded: str | None = None,
     ) -> int:
+        encoded = validate_write(chat_id, state_id, context, encoded)
         return self._write(chat_id, None, expected_version, state_id, context, encoded)
 
     def save(
@@ -106,6 +113,7 @@ class LeasedStateManager(RecordStateManager):
         expected_version: int,
         encoded: str | None = None,
     ) -> int:
+        encoded = validate_write(chat_id, state_id, context, encoded)
         token = new_token()
         self._acquire_and_load(chat_id, token)
         try:
@@ -116,6 +124,7 @@ class LeasedStateManager(RecordStateManager):
 
     @contextmanager
     def lock(self, chat_id: str) -> Iterator[None]:
+        validate_chat_id(chat_id)
         token = new_token()
         self._acquire_and_load(chat_id, token)
         try:
@@ -124,7 +133,7 @@ class LeasedStateManager(RecordStateManager):
             self._unlock(chat_id, token)
 
     def begin_turn(self, chat_id: str) -> TurnLease:
-        return _LeasedTurn(self, chat_id)
+        return _LeasedTurn(self, validate_chat_id(chat_id))
 
 
 class _LeasedTurn(TurnLease):

@@ -21,14 +21,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chat_orchestrator._jsonctx import encode_context
+from chat_orchestrator._jsonctx import checked_context, load_json
 from chat_orchestrator.errors import (
     CorruptStateError,
     LockTimeoutError,
     StateManagerError,
     describe_chat_id,
 )
-from chat_orchestrator.state_managers.base import RecordStateManager, StateRecord
+from chat_orchestrator.state_managers.base import (
+    RecordStateManager,
+    StateRecord,
+    validate_chat_id,
+    validate_claim_key,
+    validate_write,
+)
 
 __all__ = ["FileStateManager"]
 
@@ -70,7 +76,9 @@ class FileStateManager(RecordStateManager):
 
     # -- paths ------------------------------------------------------------------------------
     def _stem(self, chat_id: str) -> str:
-        return hashlib.sha256(chat_id.encode("utf-8")).hexdigest()
+        # Every public path to a file goes through here: validating the id here refuses
+        # non-str ids and lone surrogates before any file is opened.
+        return hashlib.sha256(validate_chat_id(chat_id).encode("utf-8")).hexdigest()
 
     def path_for(self, chat_id: str) -> Path:
         """The record file of ``chat_id`` (it may not exist)."""
@@ -78,7 +86,7 @@ class FileStateManager(RecordStateManager):
 
     # -- seed methods -----------------------------------------------------------------------
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
-        text = encode_context(context)
+        text = validate_write(chat_id, state_id, context)
         with self.lock(chat_id):
             current = self.load(chat_id)
             self._write(chat_id, state_id, text, 1 if current is None else current.version + 1)
@@ -111,7 +119,7 @@ class FileStateManager(RecordStateManager):
         expected_version: int,
         encoded: str | None = None,
     ) -> int:
-        text = encode_context(context) if encoded is None else encoded
+        text = validate_write(chat_id, state_id, context, encoded)
         # The flock is held, but a writer that ignores it (a person editing files, an old
         # process) could have replaced the file: re-read the version instead of trusting it.
         current = self.load(chat_id)
@@ -156,6 +164,7 @@ class FileStateManager(RecordStateManager):
     # -- once-only markers -----------------------------------------------------------------
     def claim(self, key: str, ttl: float) -> bool:
         """A marker file per key in ``state_dir/claims``, created with O_EXCL (atomic)."""
+        validate_claim_key(key)
         claims = self.state_dir / "claims"
         claims.mkdir(exist_ok=True)
         path = claims / hashlib.sha256(key.encode("utf-8")).hexdigest()
@@ -176,6 +185,18 @@ class FileStateManager(RecordStateManager):
                 os.close(fd)
             return True
         return False
+
+    def release_claim(self, key: str) -> None:
+        """Remove the key's marker so the key can be claimed again."""
+        path = (
+            self.state_dir / "claims" / hashlib.sha256(validate_claim_key(key).encode()).hexdigest()
+        )
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StateManagerError(f"cannot release key {key!r}: {exc.strerror}") from exc
 
     # -- writing ----------------------------------------------------------------------------
     def _write(self, chat_id: str, state_id: str, context_text: str, version: int) -> None:
@@ -237,8 +258,8 @@ def _claim_expired(path: Path) -> bool:
 def _parse(chat_id: str, path: Path, raw: bytes) -> StateRecord:
     who = f"chat {describe_chat_id(chat_id)}"
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = load_json(raw)  # strict: NaN and over-deep nesting are ValueErrors here
+    except ValueError as exc:
         raise CorruptStateError(
             f"the record of {who} ({path.name}) is not valid JSON: {exc}"
         ) from exc
@@ -254,4 +275,8 @@ def _parse(chat_id: str, path: Path, raw: bytes) -> StateRecord:
         or not isinstance(context, dict)
     ):
         raise CorruptStateError(f"the record of {who} ({path.name}) has missing or bad fields")
+    try:
+        checked_context(context, raw, outer=1)  # the record's own braces are not the context's
+    except ValueError as exc:
+        raise CorruptStateError(f"the record of {who} ({path.name}) cannot be read: {exc}") from exc
     return StateRecord(state_id, context, version)

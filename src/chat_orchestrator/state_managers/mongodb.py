@@ -27,7 +27,12 @@ from chat_orchestrator.errors import (
     describe_chat_id,
 )
 from chat_orchestrator.state_managers._leased import LeasedStateManager
-from chat_orchestrator.state_managers.base import StateRecord
+from chat_orchestrator.state_managers.base import (
+    StateRecord,
+    validate_chat_id,
+    validate_claim_key,
+    validate_write,
+)
 
 try:
     import pymongo
@@ -144,7 +149,7 @@ class MongoDBStateManager(LeasedStateManager):
 
     # -- seed methods -----------------------------------------------------------------------
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
-        text = encode_context(context)
+        text = validate_write(chat_id, state_id, context)
         update = {
             "$set": {"s": state_id, "c": text, "at": _utcnow()},
             "$inc": {"v": 1},
@@ -157,10 +162,12 @@ class MongoDBStateManager(LeasedStateManager):
         )
 
     def delete_state(self, chat_id: str) -> None:
+        validate_chat_id(chat_id)  # a dict here would be a query operator
         self._call("delete", chat_id, lambda: self._collection.delete_one({"_id": chat_id}))
 
     # -- versioned records ------------------------------------------------------------------
     def load(self, chat_id: str) -> StateRecord | None:
+        validate_chat_id(chat_id)
         doc = self._call(
             "read", chat_id, lambda: self._collection.find_one({"_id": chat_id}, _RECORD_FIELDS)
         )
@@ -209,6 +216,7 @@ class MongoDBStateManager(LeasedStateManager):
     # -- once-only markers -----------------------------------------------------------------
     def claim(self, key: str, ttl: float) -> bool:
         """A document per key in ``<collection>_claims``; the unique ``_id`` makes it atomic."""
+        validate_claim_key(key)  # a dict here would be a query operator
         claims = self._collection.database[f"{self._collection.name}_claims"]
         if not self._claims_indexed:
             # Lets a real MongoDB delete markers once they are no longer needed.
@@ -233,6 +241,12 @@ class MongoDBStateManager(LeasedStateManager):
                 return taken is not None
 
         return self._call("claim", key, insert)
+
+    def release_claim(self, key: str) -> None:
+        """Delete the key's marker so the key can be claimed again."""
+        claims = self._collection.database[f"{self._collection.name}_claims"]
+        validate_claim_key(key)
+        self._call("release claim", key, lambda: claims.delete_one({"_id": key}))
 
     # -- leases ---------------------------------------------------------------------------
     def _try_acquire(self, chat_id: str, token: str) -> tuple[bool, StateRecord | None]:

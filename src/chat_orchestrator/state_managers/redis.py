@@ -30,7 +30,12 @@ from chat_orchestrator.errors import (
     describe_chat_id,
 )
 from chat_orchestrator.state_managers._leased import LeasedStateManager
-from chat_orchestrator.state_managers.base import StateRecord
+from chat_orchestrator.state_managers.base import (
+    StateRecord,
+    validate_chat_id,
+    validate_claim_key,
+    validate_write,
+)
 
 try:
     import redis
@@ -203,14 +208,14 @@ class RedisStateManager(LeasedStateManager):
             return None
         try:
             return StateRecord(_text(s), decode_context(c), int(v))
-        except (AttributeError, ValueError, UnicodeDecodeError) as exc:
+        except (AttributeError, TypeError, ValueError) as exc:  # e.g. a hash without ``c``
             raise CorruptStateError(
                 f"the Redis record of chat {describe_chat_id(chat_id)} cannot be read: {exc}"
             ) from exc
 
     # -- seed methods -----------------------------------------------------------------------
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
-        text = encode_context(context)
+        text = validate_write(chat_id, state_id, context)
         record_key, _ = self.keys_for(chat_id)
         self._call(
             "write",
@@ -219,12 +224,12 @@ class RedisStateManager(LeasedStateManager):
         )
 
     def delete_state(self, chat_id: str) -> None:
-        record_key, _ = self.keys_for(chat_id)
+        record_key, _ = self.keys_for(validate_chat_id(chat_id))
         self._call("delete", chat_id, lambda: self._client.delete(record_key))
 
     # -- versioned records ------------------------------------------------------------------
     def load(self, chat_id: str) -> StateRecord | None:
-        record_key, _ = self.keys_for(chat_id)
+        record_key, _ = self.keys_for(validate_chat_id(chat_id))
         v, s, c = self._call(
             "read", chat_id, lambda: self._client.hmget(record_key, ["v", "s", "c"])
         )
@@ -256,11 +261,16 @@ class RedisStateManager(LeasedStateManager):
     # -- once-only markers -----------------------------------------------------------------
     def claim(self, key: str, ttl: float) -> bool:
         """``SET <prefix>m:<key> 1 NX PX ttl``: one key, one slot, atomic across workers."""
-        marker = f"{self._prefix}m:{key}"
+        marker = f"{self._prefix}m:{validate_claim_key(key)}"
         ttl_ms = max(1, int(ttl * 1000))
         return bool(
             self._call("claim", key, lambda: self._client.set(marker, 1, nx=True, px=ttl_ms))
         )
+
+    def release_claim(self, key: str) -> None:
+        """``DEL`` the key's marker so the key can be claimed again."""
+        marker = f"{self._prefix}m:{validate_claim_key(key)}"
+        self._call("release claim", key, lambda: self._client.delete(marker))
 
     # -- leases ---------------------------------------------------------------------------
     def _try_acquire(self, chat_id: str, token: str) -> tuple[bool, StateRecord | None]:
