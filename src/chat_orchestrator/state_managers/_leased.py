@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from chat_orchestrator.errors import LockTimeoutError, describe_chat_id
+from chat_orchestrator.errors import CorruptStateError, LockTimeoutError, describe_chat_id
 from chat_orchestrator.state_managers.base import (
     RecordStateManager,
     StateRecord,
@@ -81,7 +81,11 @@ class LeasedStateManager(RecordStateManager):
         deadline = None if self._lock_timeout is None else time.monotonic() + self._lock_timeout
         pause = 0.001
         while True:
-            acquired, record = self._try_acquire(chat_id, token)
+            try:
+                acquired, record = self._try_acquire(chat_id, token)
+            except CorruptStateError:
+                self._unlock(chat_id, token)  # the lease was taken before the record was read
+                raise
             if acquired:
                 return record
             if deadline is not None and time.monotonic() >= deadline:
