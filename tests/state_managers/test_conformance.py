@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from chat_orchestrator.state_managers.base import StateManager, StateRecord
+from chat_orchestrator.state_managers.base import StateManager, StateRecord, validate_claim_key
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 from chat_orchestrator.testing.conformance import (
     CHAT_ID_POOL,
@@ -121,7 +121,7 @@ class NoRelease(DictSeedManager):
     """Sloppy: release_claim does nothing, so a failed turn's message is never redelivered."""
 
     def release_claim(self, key: str) -> None:
-        pass
+        validate_claim_key(key)  # validates, then forgets to release
 
 
 @pytest.mark.parametrize(

@@ -23,30 +23,13 @@ from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.senders.base import MessageSender
 from chat_orchestrator.state_managers.base import MAX_CHAT_ID_LENGTH, StateManager
 from chat_orchestrator.testing import RecordingSender
+from chat_orchestrator.testing.conformance import BAD_CHAT_IDS, nested_context
+from chat_orchestrator.testing.conformance import BAD_CONTEXTS as KIT_CONTEXTS
 from tests.helpers import DictSeedManager
 
-BAD_IDS: list[Any] = [
-    5,
-    None,
-    "",
-    "\ud800",
-    "a\udfffb",
-    b"x",
-    {"$ne": None},
-    {"$gt": ""},
-    ["a"],
-    "x" * (MAX_CHAT_ID_LENGTH + 1),
-]
+BAD_IDS: list[Any] = [*BAD_CHAT_IDS, "a\udfffb", ["a"]]
 SEED_METHODS = ["get_state", "set_state", "delete_state"]
 ENGINE_METHODS = ["load", "save", "compare_and_set", "lock", "begin_turn"]
-
-
-def nested(levels: int) -> dict[str, Any]:
-    """A context ``levels`` objects deep, the context itself counting as one."""
-    context: dict[str, Any] = {}
-    for _ in range(levels - 1):
-        context = {"a": context}
-    return context
 
 
 def call(manager: StateManager, method: str, chat_id: Any) -> None:
@@ -156,17 +139,7 @@ def test_bad_state_ids_are_refused_and_nothing_is_written(manager: StateManager,
     assert manager.get_state("c") == ("ok", {})
 
 
-BAD_CONTEXTS: dict[str, Any] = {
-    "nan": {"x": float("nan")},
-    "infinity": {"x": [float("inf")]},
-    "tuple": {"x": (1, 2)},
-    "int key": {"x": {1: "a"}},
-    "lone surrogate value": {"x": "\ud800"},
-    "lone surrogate key": {"\udc00": 1},
-    "too deep": nested(MAX_CONTEXT_DEPTH + 1),
-    "depth 2000": nested(2000),
-    "not a dict": ["a"],
-}
+BAD_CONTEXTS: dict[str, Any] = {**KIT_CONTEXTS, "lone surrogate key": {"\udc00": 1}}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_CONTEXTS))
@@ -190,13 +163,15 @@ def test_bad_contexts_are_refused_by_direct_writes(manager: StateManager, name: 
 
 
 def test_the_depth_limit_is_exact(manager: StateManager) -> None:
-    deepest = nested(MAX_CONTEXT_DEPTH)
+    deepest = nested_context(MAX_CONTEXT_DEPTH)
     manager.set_state("deep", "s", deepest)
     assert manager.get_state("deep") == ("s", deepest)
     version = snapshot(manager, "deep")
     assert version is not None
     with pytest.raises(ContextSerializationError):
-        manager.save("deep", "s", nested(MAX_CONTEXT_DEPTH + 1), expected_version=version[2])
+        manager.save(
+            "deep", "s", nested_context(MAX_CONTEXT_DEPTH + 1), expected_version=version[2]
+        )
     assert manager.get_state("deep") == ("s", deepest)
 
 
@@ -229,7 +204,7 @@ def test_a_deep_context_reads_back_from_a_deep_stack(manager: StateManager) -> N
     """What was stored from a shallow stack loads back with little stack left."""
     import sys
 
-    deepest = nested(MAX_CONTEXT_DEPTH)
+    deepest = nested_context(MAX_CONTEXT_DEPTH)
     manager.set_state("deep", "s", deepest)
     limit = sys.getrecursionlimit()
 

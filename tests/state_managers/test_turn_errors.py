@@ -20,7 +20,7 @@ from chat_orchestrator.senders.base import MessageSender
 from chat_orchestrator.state_managers.base import StateManager, TurnLease
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 from chat_orchestrator.testing import ConversationTester, RecordingSender
-from tests.state_managers.test_public_inputs import nested
+from chat_orchestrator.testing.conformance import nested_context
 
 
 class Bag(BaseModel):
@@ -29,8 +29,8 @@ class Bag(BaseModel):
 
 
 CLASS_API_BAD: dict[str, Any] = {
-    "too deep": nested(MAX_CONTEXT_DEPTH),  # the model itself is one more level
-    "depth 2000": nested(2000),
+    "too deep": nested_context(MAX_CONTEXT_DEPTH),  # the model itself is one more level
+    "depth 2000": nested_context(2000),
     "lone surrogate": "\ud800",
 }
 
@@ -42,7 +42,7 @@ class Stash(Conversation[Bag]):
         if turn.text in CLASS_API_BAD:
             turn.context.extra = CLASS_API_BAD[turn.text]
         elif turn.text == "deepest":
-            turn.context.extra = nested(MAX_CONTEXT_DEPTH - 1)
+            turn.context.extra = nested_context(MAX_CONTEXT_DEPTH - 1)
         return "start"
 
 
@@ -55,7 +55,7 @@ def test_class_api_refuses_contexts_no_backend_may_store(manager: StateManager, 
         tester.send(name)
     assert manager.load("c") == before
     tester.send("deepest")  # exactly at the limit: stored and loaded back
-    assert tester.context.extra == nested(MAX_CONTEXT_DEPTH - 1)
+    assert tester.context.extra == nested_context(MAX_CONTEXT_DEPTH - 1)
 
 
 class _FailingRelease(TurnLease):

@@ -59,10 +59,10 @@ BAD_CONTEXTS: dict[str, Any] = {
 _VICTIM = "conformance-victim"
 
 
-def _expect(error: type[Exception], what: str, call: Callable[[], object]) -> None:
+def _expect(error: type[Exception], what: str, call: Callable[..., object], *args: Any) -> None:
     started = time.monotonic()
     try:
-        call()
+        call(*args)
     except error:
         pass
     except Exception as exc:
@@ -118,7 +118,7 @@ def run_input_rules(factory: Callable[[], StateManager], *, seed_methods: bool =
         before = _record(manager)
         for method, call in _id_calls(manager, seed_methods).items():
             for bad in BAD_CHAT_IDS:
-                _expect(InvalidChatIdError, f"{method}({bad!r:.40})", lambda c=call, b=bad: c(b))
+                _expect(InvalidChatIdError, f"{method}({bad!r:.40})", call, bad)
             _check_untouched(manager, before, method)
 
         _claim_rules(manager)
@@ -126,7 +126,7 @@ def run_input_rules(factory: Callable[[], StateManager], *, seed_methods: bool =
         for bad in BAD_STATE_IDS:
             for name, write in _writes(manager, "conformance-new", seed_methods).items():
                 what = f"{name} with state id {bad!r:.40}"
-                _expect(InvalidChatIdError, what, lambda w=write, b=bad: w(b, {}))
+                _expect(InvalidChatIdError, what, write, bad, {})
                 assert manager.load("conformance-new") is None, f"{name} stored state id {bad!r}"
 
         for label, context in BAD_CONTEXTS.items():
@@ -134,7 +134,9 @@ def run_input_rules(factory: Callable[[], StateManager], *, seed_methods: bool =
                 _expect(
                     ContextSerializationError,
                     f"{name} with a context holding {label}",
-                    lambda w=write, c=context: w("s", c),
+                    write,
+                    "s",
+                    context,
                 )
             _check_untouched(manager, before, f"a write with a context holding {label}")
 
@@ -169,9 +171,9 @@ def _version_of(manager: StateManager, chat_id: str) -> int:
 def _claim_rules(manager: StateManager) -> None:
     assert manager.claim("conformance-taken", 3600) is True, "a fresh key must claim"
     for bad in (1, b"x", "", "\ud800", None, {"$gt": ""}):
-        _expect(InvalidChatIdError, f"claim({bad!r})", lambda b=bad: manager.claim(b, 60))
+        _expect(InvalidChatIdError, f"claim({bad!r})", manager.claim, bad, 60)
         release = f"release_claim({bad!r})"
-        _expect(InvalidChatIdError, release, lambda b=bad: manager.release_claim(b))
+        _expect(InvalidChatIdError, release, manager.release_claim, bad)
     # A refused key claimed nothing, and no non-str key aliases its str form.
     assert manager.claim("1", 3600) is True, "claim(1) was refused but claimed '1'"
     assert manager.claim("b'x'", 3600) is True, "claim(b'x') was refused but claimed \"b'x'\""
