@@ -131,4 +131,15 @@ def checked_context(value: Any, text: str | bytes, outer: int = 0) -> dict[str, 
 
 def decode_context(text: str | bytes) -> dict[str, Any]:
     """Decode a stored context; anything :func:`encode_context` would refuse is a ValueError."""
+    if type(text) is str:
+        # The hot path, inlined: a short text holds too few brackets to be too deep.
+        try:
+            value = _decode(text)
+        except RecursionError:
+            raise ValueError(
+                f"stored JSON is nested deeper than {MAX_CONTEXT_DEPTH} levels"
+            ) from None
+        if type(value) is dict and len(text) <= MAX_CONTEXT_DEPTH and "\\u" not in text:
+            return value
+        return checked_context(value, text)
     return checked_context(load_json(text), text)

@@ -86,6 +86,8 @@ def validate_chat_id(chat_id: object) -> str:
     as a path or a query operator). Refused: non-str ids (a dict could become a MongoDB query
     operator), the empty string, lone surrogates (not encodable as UTF-8), overlong ids.
     """
+    if type(chat_id) is str and chat_id.isascii() and 0 < len(chat_id) <= MAX_CHAT_ID_LENGTH:
+        return chat_id  # the hot path: one call, no encoding
     return _validate_id(chat_id, "chat id", MAX_CHAT_ID_LENGTH, InvalidChatIdError)
 
 
@@ -94,12 +96,16 @@ def validate_claim_key(key: object) -> str:
 
     Raises InvalidClaimKeyError: a non-str key (``1``, ``b"x"``) must not alias its str form.
     """
+    if type(key) is str and key.isascii() and 0 < len(key) <= MAX_CLAIM_KEY_LENGTH:
+        return key
     return _validate_id(key, "claim key", MAX_CLAIM_KEY_LENGTH, InvalidClaimKeyError)
 
 
 def validate_state_id(state_id: object) -> str:
     """Return ``state_id`` if it can be stored: a non-empty, valid-Unicode ``str`` of at most
     :data:`MAX_STATE_ID_LENGTH` characters; else raise InvalidStateIdError."""
+    if type(state_id) is str and state_id.isascii() and 0 < len(state_id) <= MAX_STATE_ID_LENGTH:
+        return state_id
     return _validate_id(state_id, "state id", MAX_STATE_ID_LENGTH, InvalidStateIdError)
 
 
@@ -117,7 +123,8 @@ def validate_write(
     try:
         if encoded is None:
             return encode_context(context)
-        check_text(encoded)
+        if not encoded.isascii():
+            check_text(encoded)
         return encoded
     except (TypeError, ValueError) as exc:
         raise ContextSerializationError(
