@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "MAX_CONTEXT_DEPTH",
+    "check_encoded",
     "check_text",
     "checked_context",
     "decode_context",
@@ -127,6 +128,15 @@ def checked_context(value: Any, text: str | bytes, outer: int = 0) -> dict[str, 
         except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(f"the context breaks the context rules: {exc}") from None
     return value
+
+
+def check_encoded(context: dict[str, Any], text: str) -> None:
+    """Refuse a context another encoder (pydantic) produced that breaks the rules: too deep,
+    a lone surrogate, or NaN/Infinity constants (``ser_json_inf_nan="constants"``)."""
+    if "NaN" in text or "Infinity" in text:  # usually inside a string; the strict parse says
+        load_json(text)
+    checked_context(context, text)
+    check_text(text)
 
 
 def decode_context(text: str | bytes) -> dict[str, Any]:

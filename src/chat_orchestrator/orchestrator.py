@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from chat_orchestrator._jsonctx import checked_context, encode_context
+from chat_orchestrator._jsonctx import check_encoded, encode_context
 from chat_orchestrator._machine import FlowSpec, StateSpec, check_flow, mermaid
 from chat_orchestrator.errors import (
     ChatOrchestratorError,
@@ -170,7 +170,7 @@ class ChatOrchestrator:
             self._check_result(chat_id, state_id, step, (new_state, new_context))
             try:
                 # The step's encoder (pydantic) vouches for JSON, not for our limits (depth).
-                checked_context(new_context, encoded)
+                check_encoded(new_context, encoded)
             except ValueError as exc:
                 raise ContextSerializationError(
                     f"the returned context cannot be stored: {exc}",

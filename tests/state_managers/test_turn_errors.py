@@ -6,7 +6,7 @@ import logging
 from typing import Any, Literal
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from chat_orchestrator._jsonctx import MAX_CONTEXT_DEPTH
 from chat_orchestrator.conversation import Conversation, Turn, state
@@ -106,3 +106,29 @@ def test_a_failed_release_after_a_good_turn_is_still_raised() -> None:
 
     with pytest.raises(StateManagerUnavailableError):
         orchestrator.handle_message("c", "hi")
+
+
+class Constants(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+    x: float = 0.0
+
+
+class NaNFlow(Conversation[Constants]):
+    @state(initial=True)
+    def start(self, turn: Turn[Constants]) -> Literal["start"]:
+        turn.context.x = float(turn.text or "0")
+        return "start"
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_class_api_refuses_nan_constants_that_would_not_load_back(
+    manager: StateManager, text: str
+) -> None:
+    tester = ConversationTester(NaNFlow, state_manager=manager, chat_id="c")
+    tester.send("1.5")
+    before = manager.load("c")
+    with pytest.raises(ContextSerializationError):
+        tester.send(text)
+    assert manager.load("c") == before
+    tester.send("2.5")
+    assert tester.context.x == 2.5
