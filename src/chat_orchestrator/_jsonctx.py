@@ -135,8 +135,13 @@ def check_encoded(context: dict[str, Any], text: str) -> None:
     a lone surrogate, or NaN/Infinity constants (``ser_json_inf_nan="constants"``)."""
     if "NaN" in text or "Infinity" in text:  # usually inside a string; the strict parse says
         load_json(text)
-    checked_context(context, text)
-    check_text(text)
+    # Inlined fast path of checked_context (this runs on every class-API turn).
+    if "\\u" in text or (
+        len(text) > MAX_CONTEXT_DEPTH and text.count("{") + text.count("[") > MAX_CONTEXT_DEPTH
+    ):
+        checked_context(context, text)
+    if not text.isascii():
+        check_text(text)
 
 
 def decode_context(text: str | bytes) -> dict[str, Any]:
