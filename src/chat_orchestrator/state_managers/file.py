@@ -164,10 +164,8 @@ class FileStateManager(RecordStateManager):
     # -- once-only markers -----------------------------------------------------------------
     def claim(self, key: str, ttl: float) -> bool:
         """A marker file per key in ``state_dir/claims``, created with O_EXCL (atomic)."""
-        validate_claim_key(key)
-        claims = self.state_dir / "claims"
-        claims.mkdir(exist_ok=True)
-        path = claims / hashlib.sha256(key.encode("utf-8")).hexdigest()
+        path = self._marker_path(key)
+        path.parent.mkdir(exist_ok=True)
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -188,15 +186,17 @@ class FileStateManager(RecordStateManager):
 
     def release_claim(self, key: str) -> None:
         """Remove the key's marker so the key can be claimed again."""
-        path = (
-            self.state_dir / "claims" / hashlib.sha256(validate_claim_key(key).encode()).hexdigest()
-        )
+        path = self._marker_path(key)
         try:
             path.unlink()
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise StateManagerError(f"cannot release key {key!r}: {exc.strerror}") from exc
+
+    def _marker_path(self, key: str) -> Path:
+        digest = hashlib.sha256(validate_claim_key(key).encode("utf-8")).hexdigest()
+        return self.state_dir / "claims" / digest
 
     # -- writing ----------------------------------------------------------------------------
     def _write(self, chat_id: str, state_id: str, context_text: str, version: int) -> None:

@@ -217,7 +217,7 @@ class MongoDBStateManager(LeasedStateManager):
     def claim(self, key: str, ttl: float) -> bool:
         """A document per key in ``<collection>_claims``; the unique ``_id`` makes it atomic."""
         validate_claim_key(key)  # a dict here would be a query operator
-        claims = self._collection.database[f"{self._collection.name}_claims"]
+        claims = self._claims()
         if not self._claims_indexed:
             # Lets a real MongoDB delete markers once they are no longer needed.
             self._call(
@@ -244,9 +244,12 @@ class MongoDBStateManager(LeasedStateManager):
 
     def release_claim(self, key: str) -> None:
         """Delete the key's marker so the key can be claimed again."""
-        claims = self._collection.database[f"{self._collection.name}_claims"]
         validate_claim_key(key)
+        claims = self._claims()
         self._call("release claim", key, lambda: claims.delete_one({"_id": key}))
+
+    def _claims(self) -> Collection[dict[str, Any]]:
+        return self._collection.database[f"{self._collection.name}_claims"]
 
     # -- leases ---------------------------------------------------------------------------
     def _try_acquire(self, chat_id: str, token: str) -> tuple[bool, StateRecord | None]:
