@@ -6,6 +6,8 @@
      ├── ConversationDefinitionError      a flow is wrong as written (found before any message)
      │    └── DuplicateStepError (ValueError)  a second step registered for one state
      ├── InvalidChatIdError (ValueError)  a chat id that no backend may store
+     │    ├── InvalidClaimKeyError         a once-only claim key (same rules as chat ids)
+     │    └── InvalidStateIdError          a state id to store: not a non-empty str
      ├── TurnError                        one turn failed; .chat_id and .state_id say where
      │    ├── StepError                   the step raised (original chained as __cause__)
      │    ├── InvalidStepResultError      the step returned something that is not (str, context)
@@ -40,7 +42,9 @@ __all__ = [
     "CorruptStateError",
     "DuplicateStepError",
     "InvalidChatIdError",
+    "InvalidClaimKeyError",
     "InvalidMessageError",
+    "InvalidStateIdError",
     "InvalidStepResultError",
     "LockTimeoutError",
     "MissingDependencyError",
@@ -85,7 +89,18 @@ class DuplicateStepError(ConversationDefinitionError, ValueError):
 
 
 class InvalidChatIdError(ChatOrchestratorError, ValueError):
-    """A chat id was not a non-empty ``str`` that every backend can store."""
+    """A chat id was not a non-empty ``str`` that every backend can store.
+
+    Its subclasses say the same of the other ids a manager stores (claim keys, state ids).
+    """
+
+
+class InvalidClaimKeyError(InvalidChatIdError):
+    """A claim key was not a non-empty, bounded, valid-Unicode ``str``; nothing was claimed."""
+
+
+class InvalidStateIdError(InvalidChatIdError):
+    """A state id to store was not a non-empty, bounded, valid-Unicode ``str``; nothing stored."""
 
 
 class TurnError(ChatOrchestratorError):

@@ -7,11 +7,12 @@ leaves the record exactly as it was and raises an error from ``chat_orchestrator
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from chat_orchestrator._jsonctx import encode_context
+from chat_orchestrator._jsonctx import check_encoded, encode_context
 from chat_orchestrator._machine import FlowSpec, StateSpec, check_flow, mermaid
 from chat_orchestrator.errors import (
     ChatOrchestratorError,
@@ -24,11 +25,19 @@ from chat_orchestrator.errors import (
     TransitionError,
     TurnError,
     UnknownStateError,
+    describe_chat_id,
 )
 from chat_orchestrator.senders.base import MessageSender
-from chat_orchestrator.state_managers.base import StateManager, StateRecord, validate_chat_id
+from chat_orchestrator.state_managers.base import (
+    StateManager,
+    StateRecord,
+    TurnLease,
+    validate_chat_id,
+)
 
 __all__ = ["ChatOrchestrator", "StepFunction", "StepResult", "TypedStepFunction"]
+
+logger = logging.getLogger(__name__)
 
 StepResult: TypeAlias = tuple[str, dict[str, Any]]
 #: ``(chat_id, user_input, context, sender) -> (next_state_id, new_context)``
@@ -133,9 +142,11 @@ class ChatOrchestrator:
             record = turn.record
             new_state, context, encoded = self._run(chat_id, user_input, record)
             _call_manager(turn.commit, new_state, context, encoded)
-            return new_state
-        finally:
-            turn.close()
+        except BaseException as failure:
+            _close_after_failure(turn, chat_id, failure)
+            raise
+        turn.close()
+        return new_state
 
     def _run(
         self, chat_id: str, user_input: str | None, record: StateRecord | None
@@ -161,6 +172,15 @@ class ChatOrchestrator:
         if step.encodes:
             new_state, new_context, encoded = result  # type: ignore[misc]
             self._check_result(chat_id, state_id, step, (new_state, new_context))
+            try:
+                # The step's encoder (pydantic) vouches for JSON, not for our limits (depth).
+                check_encoded(new_context, encoded)
+            except ValueError as exc:
+                raise ContextSerializationError(
+                    f"the returned context cannot be stored: {exc}",
+                    chat_id=chat_id,
+                    state_id=state_id,
+                ) from exc
             return new_state, new_context, encoded
         new_state, new_context = self._check_result(chat_id, state_id, step, result)
         try:
@@ -241,6 +261,30 @@ def _state_names(names: Iterable[str]) -> list[str]:
 def _short(value: object) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
+
+
+def _close_after_failure(turn: TurnLease, chat_id: str, failure: BaseException) -> None:
+    """Release a failed turn without letting a release failure replace the turn's own error.
+
+    The release failure is logged and attached to ``failure`` (a note, and ``__context__``
+    when the failure has none), so the step's traceback stays what the caller sees.
+    """
+    try:
+        turn.close()
+    except Exception as release_failure:
+        logger.warning(
+            "could not release chat %s after a failed turn: %s: %s",
+            describe_chat_id(chat_id),
+            type(release_failure).__name__,
+            release_failure,
+            exc_info=release_failure,
+        )
+        failure.add_note(
+            f"while handling it, releasing the chat's lock failed too: "
+            f"{type(release_failure).__name__}: {release_failure}"
+        )
+        if failure.__context__ is None:
+            failure.__context__ = release_failure
 
 
 def _call_manager(function: Callable[..., Any], *args: Any) -> Any:
