@@ -16,7 +16,9 @@ its version, so "did it apply?" is read from the statement itself.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from chat_orchestrator._jsonctx import decode_context
@@ -33,6 +35,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SYNCHRONOUS_LEVELS",
     "check_synchronous",
+    "check_writable",
     "conflict_error",
     "lease_synchronous",
     "record_from_row",
@@ -146,6 +149,22 @@ def check_synchronous(value: str) -> str:
     return level
 
 
+def check_writable(path: Path) -> None:
+    """Refuse a read-only database file or file system up front, with a plain reason.
+
+    (SQLite would only say "unable to open database file" at the first statement.)
+    """
+    where = f"SQLite database {str(path)!r}"
+    try:
+        flags = os.statvfs(path.parent).f_flag
+    except OSError as exc:
+        raise StateManagerError(f"{where}: cannot inspect its directory: {exc.strerror}") from exc
+    if flags & os.ST_RDONLY:
+        raise StateManagerError(f"{where} is on a read-only file system")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StateManagerError(f"{where} is a read-only file")
+
+
 def lease_synchronous(configured: str) -> str:
     """The level for lease and unlock writes: at most NORMAL.
 
@@ -221,7 +240,10 @@ def translate_error(
             "it was left untouched"
         )
     if name.startswith(("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")):
-        return StateManagerUnavailableError(f"cannot open {where} to {what} ({name})")
+        return StateManagerUnavailableError(
+            f"{where} cannot be opened ({name}) while trying to {what}: the file and its "
+            "directory (which holds the -wal and -shm files) must exist and be writable"
+        )
     if name == "SQLITE_TOOBIG":
         return StateManagerError(f"cannot {what}: the record is over SQLite's size limit")
     return StateManagerError(f"{where} failed to {what}: {name}: {exc}")

@@ -28,7 +28,7 @@ from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import StateManagerError, describe_chat_id
 from chat_orchestrator.state_managers import _sqlite_core as sql
 from chat_orchestrator.state_managers._leased import LeasedStateManager
-from chat_orchestrator.state_managers.base import StateRecord
+from chat_orchestrator.state_managers.base import StateRecord, validate_chat_id
 
 __all__ = ["SQLiteStateManager"]
 
@@ -101,6 +101,7 @@ class SQLiteStateManager(LeasedStateManager):
             raise StateManagerError(
                 f"cannot create the directory of SQLite database {str(self.path)!r}: {exc.strerror}"
             ) from exc
+        sql.check_writable(self.path)
         self._call("open the database", self._create_schema)
 
     def __repr__(self) -> str:
@@ -161,6 +162,7 @@ class SQLiteStateManager(LeasedStateManager):
 
     # -- seed methods -----------------------------------------------------------------------
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
+        validate_chat_id(chat_id)  # a lone surrogate would fail inside sqlite3's binding
         text = encode_context(context)
         params = (chat_id, state_id, text, _now_ms())
         self._call(
@@ -170,6 +172,7 @@ class SQLiteStateManager(LeasedStateManager):
         )
 
     def delete_state(self, chat_id: str) -> None:
+        validate_chat_id(chat_id)
         self._call(
             "delete chat",
             lambda: self._connection().at(self.synchronous).execute(sql.DELETE, (chat_id,)),
@@ -178,6 +181,7 @@ class SQLiteStateManager(LeasedStateManager):
 
     # -- versioned records ------------------------------------------------------------------
     def load(self, chat_id: str) -> StateRecord | None:
+        validate_chat_id(chat_id)
         row = self._call(
             "read chat",
             lambda: self._connection().db.execute(sql.LOAD, (chat_id,)).fetchone(),
@@ -211,6 +215,7 @@ class SQLiteStateManager(LeasedStateManager):
 
     # -- leases -----------------------------------------------------------------------------
     def _try_acquire(self, chat_id: str, token: str) -> tuple[bool, StateRecord | None]:
+        validate_chat_id(chat_id)
         now = _now_ms()
         params = (chat_id, token, now + self._lease_ms, now)
         rows = self._call(
