@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
 from chat_orchestrator.testing import RecordingSender
 from tests.helpers import counter_orchestrator
 
+MOUNT, UMOUNT = shutil.which("mount") or "mount", shutil.which("umount") or "umount"
+
 
 def raw(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None)
@@ -45,7 +48,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     mount_point = tmp_path / "mnt"
     mount_point.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        [MOUNT, "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
         capture_output=True,
         text=True,
         check=False,
@@ -55,11 +58,11 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mount_point
     finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        subprocess.run([UMOUNT, "-l", str(mount_point)], check=False)
 
 
 def remount(mount_point: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount_point)], check=True)
+    subprocess.run([MOUNT, "-o", f"remount,{mode}", str(mount_point)], check=True)
 
 
 def test_locked_database_is_unavailable_and_nothing_is_lost(tmp_path: Path) -> None:
@@ -69,7 +72,7 @@ def test_locked_database_is_unavailable_and_nothing_is_lost(tmp_path: Path) -> N
     orchestrator.handle_message("c", None)
     other = raw(path)
     other.execute("BEGIN EXCLUSIVE")  # another program holds SQLite's write lock
-    with pytest.raises(StateManagerUnavailableError, match="stayed locked .* 0.2 s"):
+    with pytest.raises(StateManagerUnavailableError, match=r"stayed locked .* 0\.2 s"):
         orchestrator.handle_message("c", None)
     assert manager.get_state("c") == ("start", {"n": 1})  # readers still read in WAL
     other.execute("ROLLBACK")
@@ -118,10 +121,10 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(tmpfs: Path) -> None:
         while True:  # fill the disk up to the last block
             os.write(fd, b"\0" * 4096)
     os.close(fd)
-    with pytest.raises(OSError) as full:
+    with pytest.raises(OSError, match="No space left") as full:
         (tmpfs / "probe").write_bytes(b"\0" * 4096)
     assert full.value.errno == errno.ENOSPC
-    with pytest.raises(StateManagerError, match="disk holding .* is full"):
+    with pytest.raises(StateManagerError, match=r"disk holding .* is full"):
         orchestrator.handle_message("c", "500000")
     assert manager.get_state("c") == ("start", {"n": 1, "blob": "x" * 10})
     filler.unlink()
@@ -196,8 +199,7 @@ def test_damaged_pages_are_reported_as_corrupt_and_left_alone(tmp_path: Path) ->
     damaged = path.read_bytes()
     manager = SQLiteStateManager(path)
     with pytest.raises(CorruptStateError, match="damaged"):
-        for index in range(300):
-            manager.get_state(f"chat-{index}")
+        [manager.get_state(f"chat-{index}") for index in range(300)]
     assert path.read_bytes() == damaged
 
 
