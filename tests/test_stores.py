@@ -20,8 +20,9 @@ from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
 from chat_orchestrator.stores import open_store, redact_url, register_store
 from chat_orchestrator.testing import RecordingSender
-from tests.helpers import counter_orchestrator
+from tests.helpers import counter_orchestrator, run_python
 from tests.servers import NxServer, RedisServer, create_cluster
+from tests.test_readme import readme_block
 
 SECRET = "s3cr3t-Pw"
 
@@ -202,3 +203,10 @@ def test_credentials_never_reach_reprs_logs_or_errors(
 )
 def test_a_redis_password_in_the_query_stays_out_of_the_repr(redis_url: str) -> None:
     assert SECRET not in repr(open_store(f"{redis_url}?password={SECRET}"))
+
+
+def test_readme_sqlite_example_runs(tmp_path: Path) -> None:
+    result = run_python(readme_block("<!-- sqlite-example -->"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "('ask_name', {'tries': 1})\n"
+    assert (tmp_path / "chats.db").exists()
