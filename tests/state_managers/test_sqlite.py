@@ -5,6 +5,8 @@ Faults (locked, full, read-only, corrupt) are in ``test_sqlite_faults.py``.
 
 from __future__ import annotations
 
+import gc
+import os
 import signal
 import sqlite3
 import subprocess
@@ -175,6 +177,43 @@ def test_eight_threads_one_chat_lose_no_update(tmp_path: Path) -> None:
     record = manager.load("c")
     assert record is not None
     assert (record.context, record.version) == ({"n": 200}, 200)
+
+
+def test_a_thread_per_request_does_not_pile_up_connections(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    manager = SQLiteStateManager(path)
+    orchestrator = counter_orchestrator(manager, RecordingSender())
+    for _ in range(100):  # as a threading WSGI server would: a new thread per message
+        thread = threading.Thread(target=orchestrator.handle_message, args=("c", None))
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert manager.get_state("c") == ("start", {"n": 100})
+    # Only this thread's connection is left open. (Counting descriptors would not tell: SQLite
+    # keeps a closed connection's descriptor for reuse while others hold locks on the file.)
+    assert len(manager._open) == 1
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    manager = SQLiteStateManager(tmp_path / "c.db")
+    orchestrator = counter_orchestrator(manager, RecordingSender())
+    orchestrator.handle_message("c", None)
+    parent_db = manager._connection().db
+    pid = os.fork()
+    if pid == 0:  # the child: prove it does not use the parent's connection, then turns
+        code = 1
+        try:
+            if manager._connection().db is not parent_db:
+                for _ in range(20):
+                    orchestrator.handle_message("c", None)
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    orchestrator.handle_message("c", None)
+    assert manager.get_state("c") == ("start", {"n": 22})
+    assert raw(tmp_path / "c.db").execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
 COUNTER_WORKER = textwrap.dedent(

@@ -20,6 +20,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ __all__ = ["SQLiteStateManager"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
+_INHERITED: list[_Connection] = []
 
 
 def _now_ms() -> int:
@@ -44,7 +46,7 @@ def _now_ms() -> int:
 class _Connection:
     """One thread's connection and the ``synchronous`` level it is set to right now."""
 
-    __slots__ = ("db", "generation", "level", "pid")
+    __slots__ = ("__weakref__", "db", "generation", "level", "pid")
 
     def __init__(self, db: sqlite3.Connection, level: str, generation: int) -> None:
         self.db = db
@@ -91,7 +93,9 @@ class SQLiteStateManager(LeasedStateManager):
         self._lock_timeout = lock_timeout
         self._address = str(self.path)
         self._local = threading.local()
-        self._open: list[_Connection] = []
+        # Weak: a thread's connection is closed when the thread ends (its threading.local
+        # goes), so a server that starts a thread per request does not pile up connections.
+        self._open: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._open_lock = threading.Lock()
         self._generation = 0
         self._claims_since_sweep = 0
@@ -110,8 +114,13 @@ class SQLiteStateManager(LeasedStateManager):
     # -- connections ------------------------------------------------------------------------
     def _connection(self) -> _Connection:
         conn: _Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and conn.pid == os.getpid() and conn.generation == self._generation:
-            return conn
+        if conn is not None:
+            if conn.pid == os.getpid() and conn.generation == self._generation:
+                return conn
+            if conn.pid != os.getpid():
+                # Inherited through fork: never use it, and never let it be closed here
+                # either (SQLite connections must not cross fork); keep it referenced.
+                _INHERITED.append(conn)
         # isolation_level=None: autocommit, every statement is its own short transaction.
         db = sqlite3.connect(
             self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
@@ -119,7 +128,7 @@ class SQLiteStateManager(LeasedStateManager):
         db.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn = _Connection(db, self.synchronous, self._generation)
         with self._open_lock:
-            self._open.append(conn)
+            self._open.add(conn)
         self._local.conn = conn
         return conn
 
@@ -253,7 +262,7 @@ class SQLiteStateManager(LeasedStateManager):
         def take() -> bool:
             db = self._connection().at(self.synchronous)
             taken = bool(db.execute(sql.CLAIM, params).fetchall())
-            self._claims_since_sweep += 1
+            self._claims_since_sweep += 1  # racy across threads: only paces the sweep
             if self._claims_since_sweep >= sql.SWEEP_EVERY:
                 self._claims_since_sweep = 0
                 swept = db.execute(sql.SWEEP_CLAIMS, (now,)).rowcount
@@ -282,6 +291,6 @@ class SQLiteStateManager(LeasedStateManager):
         with self._open_lock:
             self._generation += 1
             mine = [c for c in self._open if c.pid == os.getpid()]
-            self._open = []
+            self._open = weakref.WeakSet()
         for conn in mine:
             conn.db.close()
