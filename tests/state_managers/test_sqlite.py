@@ -234,7 +234,7 @@ COUNTER_WORKER = textwrap.dedent(
 
 
 def run_counter_workers(path: Path, count: int, chats: int) -> None:
-    SQLiteStateManager(path).close()  # create the schema once, before the race
+    # No schema yet: the four workers also race to create the database file.
     command = [sys.executable, "-c", COUNTER_WORKER, str(path), str(count), str(chats)]
     run_together([command] * 4, timeout=300)
 
