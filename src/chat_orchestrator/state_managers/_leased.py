@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from chat_orchestrator.errors import LockTimeoutError, describe_chat_id
+from chat_orchestrator.errors import CorruptStateError, LockTimeoutError, describe_chat_id
 from chat_orchestrator.state_managers.base import RecordStateManager, StateRecord, TurnLease
 
 __all__ = ["LeasedStateManager", "new_token"]
@@ -75,7 +75,13 @@ class LeasedStateManager(RecordStateManager):
         deadline = None if self._lock_timeout is None else time.monotonic() + self._lock_timeout
         pause = 0.001
         while True:
-            acquired, record = self._try_acquire(chat_id, token)
+            try:
+                acquired, record = self._try_acquire(chat_id, token)
+            except CorruptStateError:
+                # The lease was taken, then the record failed to decode: give the lease back
+                # (a no-op if it was not taken), or a repaired chat stays locked for a lease.
+                self._unlock(chat_id, token)
+                raise
             if acquired:
                 return record
             if deadline is not None and time.monotonic() >= deadline:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chat_orchestrator._jsonctx import encode_context
-from chat_orchestrator.errors import CorruptStateError, StateManagerError, describe_chat_id
+from chat_orchestrator.errors import StateManagerError, describe_chat_id
 from chat_orchestrator.state_managers import _sqlite_core as sql
 from chat_orchestrator.state_managers._leased import LeasedStateManager
 from chat_orchestrator.state_managers.base import StateRecord, validate_chat_id
@@ -236,11 +236,7 @@ class SQLiteStateManager(LeasedStateManager):
         )
         if not rows:
             return False, None
-        try:
-            return True, sql.record_from_row(chat_id, rows[0])
-        except CorruptStateError:
-            self._unlock(chat_id, token)  # the caller never gets the lease: give it back
-            raise
+        return True, sql.record_from_row(chat_id, rows[0])
 
     def _unlock(self, chat_id: str, token: str) -> None:
         def unlock() -> None:
