@@ -73,8 +73,9 @@ def test_turns_write_at_the_configured_synchronous_level(tmp_path: Path) -> None
         assert raw(tmp_path / f"{level}.db").execute("PRAGMA journal_mode").fetchone() == ("wal",)
     with pytest.raises(ValueError, match="synchronous must be one of"):
         SQLiteStateManager(tmp_path / "x.db", synchronous="sometimes")
-    with pytest.raises(ValueError, match="InMemoryStateManager"):
-        SQLiteStateManager(":memory:")
+    for temporary in [":memory:", ""]:
+        with pytest.raises(ValueError, match="InMemoryStateManager"):
+            SQLiteStateManager(temporary)
 
 
 def test_a_failed_first_turn_leaves_no_row(tmp_path: Path) -> None:

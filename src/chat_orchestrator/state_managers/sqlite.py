@@ -80,12 +80,12 @@ class SQLiteStateManager(LeasedStateManager):
         lock_lease: float = 30.0,
         lock_timeout: float | None = 60.0,
     ) -> None:
-        self.path = Path(path)
-        if str(path) == ":memory:" or str(path).startswith("file:"):
+        if os.fspath(path) in {"", ":memory:"}:
             raise ValueError(
                 "SQLiteStateManager needs a file path (each connection would see its own "
-                "':memory:' database); use InMemoryStateManager for a store in memory"
+                "temporary database); use InMemoryStateManager for a store in memory"
             )
+        self.path = Path(path)
         self.synchronous = sql.check_synchronous(synchronous)
         self._lease_level = sql.lease_synchronous(self.synchronous)
         self._busy_timeout = busy_timeout
