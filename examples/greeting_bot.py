@@ -44,4 +44,4 @@ orchestrator = greeting_orchestrator(state_manager, ConsoleMessageSender())
 
 
 if __name__ == "__main__":
-    chat_loop(orchestrator, "console_user")
+    raise SystemExit(chat_loop(orchestrator, "console_user"))

@@ -41,7 +41,9 @@ class Onboarding(Conversation[Signup]):
     @state
     def got_age(self, turn: Turn[Signup]) -> Literal["got_age", "confirm"]:
         text = (turn.text or "").strip()
-        if not text.isdigit() or int(text) > 150:
+        # isdecimal, not isdigit ("²" is a digit int() refuses); the length check keeps
+        # int() away from its 4,300-digit limit.
+        if not text.isdecimal() or len(text) > 3 or int(text) > 150:
             turn.context.age_retries += 1
             turn.send(f"Please answer with a number (try {turn.context.age_retries + 1}).")
             return "got_age"
@@ -73,4 +75,4 @@ class Onboarding(Conversation[Signup]):
 
 if __name__ == "__main__":
     bot = Onboarding(InMemoryStateManager(), ConsoleMessageSender())
-    chat_loop(bot.orchestrator, "console_user")
+    raise SystemExit(chat_loop(bot.orchestrator, "console_user"))

@@ -1,4 +1,4 @@
-"""The greeting bot on WhatsApp, served as a WSGI app (stdlib wsgiref server).
+"""The greeting bot on WhatsApp, served as a WSGI app (stdlib wsgiref server, one thread a request).
 
 Environment:
   WHATSAPP_TOKEN            access token (a System User token)           required
@@ -9,14 +9,22 @@ Environment:
   CHAT_STATE_DIR            directory for file state (default: whatsapp_states)
   HOST, PORT                where to listen (default 127.0.0.1:8000)
   WHATSAPP_API_BASE         Graph API base URL (default https://graph.facebook.com)
+  REQUEST_TIMEOUT           seconds a client may take to send its request (default 10)
 
+Every path answers the webhook; point Meta's callback URL at ``https://<your host>/webhook``.
 Run it with ``uv run examples/whatsapp_bot.py`` behind an HTTPS reverse proxy or tunnel.
 """
 
+from __future__ import annotations
+
 import os
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from socketserver import ThreadingMixIn
+from typing import ClassVar
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, too
 
@@ -25,6 +33,29 @@ from chat_orchestrator.senders.whatsapp import WhatsAppSender
 from chat_orchestrator.state_managers.base import StateManager
 from chat_orchestrator.state_managers.file import FileStateManager
 from examples.greeting_bot import greeting_orchestrator
+
+REQUIRED = (
+    "WHATSAPP_TOKEN",
+    "WHATSAPP_PHONE_NUMBER_ID",
+    "WHATSAPP_VERIFY_TOKEN",
+    "WHATSAPP_APP_SECRET",
+)
+_QUERY = re.compile(r"\?[^\s\"']*")  # the subscription check carries hub.verify_token here
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; the message is the one line the user sees."""
+
+
+def check_settings(env: Mapping[str, str]) -> None:
+    """Name every missing or empty required variable at once, and a PORT that is no number."""
+    missing = [name for name in REQUIRED if not env.get(name, "").strip()]
+    if missing:
+        raise SettingsError(f"missing environment variables: {', '.join(missing)}")
+    for name in ("PORT", "REQUEST_TIMEOUT"):
+        value = env.get(name, "")
+        if value and not (value.isascii() and value.isdigit() and 0 < int(value) < 65536):
+            raise SettingsError(f"{name} must be a whole number from 1 to 65535, got {value!r}")
 
 
 def state_manager_from_env() -> StateManager:
@@ -38,24 +69,60 @@ def state_manager_from_env() -> StateManager:
 
 def build_app() -> WhatsAppBot:
     env = os.environ
+    check_settings(env)
     sender = WhatsAppSender(
         access_token=env["WHATSAPP_TOKEN"],
         phone_number_id=env["WHATSAPP_PHONE_NUMBER_ID"],
-        base_url=env.get("WHATSAPP_API_BASE", "https://graph.facebook.com"),
+        base_url=env.get("WHATSAPP_API_BASE") or "https://graph.facebook.com",
     )
     orchestrator = greeting_orchestrator(state_manager_from_env(), sender)
     webhook = WhatsAppWebhook(env["WHATSAPP_VERIFY_TOKEN"], env["WHATSAPP_APP_SECRET"])
     return WhatsAppBot(orchestrator, webhook, phone_number_id=sender.phone_number_id)
 
 
-class _QuietHandler(WSGIRequestHandler):
+class ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per request, so a slow client holds up only itself."""
+
+    daemon_threads = True
+
+
+class QuietHandler(WSGIRequestHandler):
+    """Access log without query strings (no verify token) and a socket timeout per request."""
+
+    timeout: ClassVar[float | None] = 10.0  # applied to the socket: an under-sent body ends in 408
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path = self.path.split("?", 1)[0]
+        self.log_message('"%s %s" %s %s', self.command, path, code, size)
+
     def log_message(self, format: str, *args: object) -> None:
-        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+        # log_error's messages quote the request line too: drop any query string from them.
+        line = _QUERY.sub("?...", format % args)
+        sys.stderr.write(f"{self.address_string()} {line}\n")
+
+
+def main() -> int:
+    try:
+        app = build_app()
+    except SettingsError as exc:
+        print(f"whatsapp_bot: {exc}", file=sys.stderr)
+        return 2
+    host, port = os.environ.get("HOST") or "127.0.0.1", int(os.environ.get("PORT") or "8000")
+    QuietHandler.timeout = float(os.environ.get("REQUEST_TIMEOUT") or "10")
+    try:
+        server = make_server(host, port, app, ThreadingServer, handler_class=QuietHandler)
+    except OSError as exc:
+        print(f"whatsapp_bot: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with server:
+        print(f"listening on http://{host}:{server.server_port}", flush=True)
+        server.serve_forever()
+    return 0
 
 
 if __name__ == "__main__":
-    app = build_app()
-    host, port = os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8000"))
-    with make_server(host, port, app, handler_class=_QuietHandler) as server:
-        print(f"listening on http://{host}:{server.server_port}", flush=True)
-        server.serve_forever()
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print("whatsapp_bot: stopped", file=sys.stderr)
+        sys.exit(130)

@@ -22,7 +22,7 @@ def test_onboarding_example_in_the_console() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("> ") == [
-        "Hi! What's your name?\n",
+        "(type quit or press Ctrl-D to leave)\nHi! What's your name?\n",
         "Nice to meet you, Ada! How old are you?\n",
         "Please answer with a number (try 2).\n",
         "Please answer with a number (try 3).\n",

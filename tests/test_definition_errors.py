@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from chat_orchestrator.conversation import Conversation, Turn, state
-from chat_orchestrator.errors import ConversationDefinitionError
+from chat_orchestrator.errors import ConversationDefinitionError, DuplicateStepError
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 from chat_orchestrator.testing import ConversationTester, RecordingSender
@@ -292,7 +292,11 @@ def test_decorator_api_validate_uses_the_same_checks() -> None:
     orchestrator.add_step("island", lambda c, t, x, s: ("start", {}), to=["start"])
     with pytest.raises(ConversationDefinitionError) as raised:
         orchestrator.validate()
-    assert raised.value.problems == ["state 'start' declares unknown target(s) ['ghost']"]
+    assert raised.value.problems == [
+        "state 'start' declares unknown target(s) ['ghost']",
+        "unreachable state(s) from 'start': ['island']",
+        "non-final state(s) with no way out: ['ask'] (declare a target)",
+    ]
 
     orchestrator = ChatOrchestrator(InMemoryStateManager(), RecordingSender())
     orchestrator.add_step("start", lambda c, t, x, s: ("ask", {}), to=["ask"])
@@ -314,3 +318,88 @@ def test_decorator_api_undeclared_steps_stay_allowed() -> None:
     assert raised.value.problems == ["the initial state 'begin' has no registered step"]
     orchestrator.add_step("begin", lambda c, t, x, s: ("start", {}))
     orchestrator.validate()
+
+
+def test_an_unknown_target_does_not_hide_the_graph_problems() -> None:
+    def build() -> None:
+        class Flow(Conversation[Ctx]):
+            @state(initial=True)
+            def start(self, turn: T) -> Literal["midle", "trap"]:
+                return "midle"
+
+            @state
+            def middle(self, turn: T) -> Literal["end"]:
+                return "end"
+
+            @state(to=[])
+            def trap(self, turn: T) -> str:
+                return "trap"
+
+            @state
+            def loop(self, turn: T) -> Literal["loop"]:
+                return "loop"
+
+            @state(final=True)
+            def end(self, turn: T) -> Literal["end"]:
+                return "end"
+
+    assert problems_of(build) == [
+        "state 'start' declares unknown target(s) ['midle'] (did you mean 'middle'?)",
+        "unreachable state(s) from 'start': ['end', 'loop', 'middle']",
+        "non-final state(s) with no way out: ['trap'] (declare a target)",
+        "state(s) with no path to a final state: ['loop']",
+    ]
+
+
+def test_a_target_naming_a_plain_method_says_it_lacks_state() -> None:
+    def build() -> None:
+        class Flow(Conversation[Ctx]):
+            @state(initial=True)
+            def start(self, turn: T) -> Literal["start", "helper"]:
+                return "start"
+
+            def helper(self, turn: T) -> str:
+                return "start"
+
+    assert problems_of(build) == [
+        "state 'start' declares unknown target(s) ['helper'] ('helper' is a method without @state)"
+    ]
+
+
+class Other(BaseModel):
+    m: int = 0
+
+
+def test_a_turn_of_another_context_type_is_a_definition_error() -> None:
+    def build() -> None:
+        class Flow(Conversation[Ctx]):
+            @state(initial=True)
+            def start(self, turn: Turn[Other]) -> Literal["start"]:
+                return "start"
+
+    assert problems_of(build) == [
+        "state 'start' takes Turn[Other], but the conversation's context is Ctx: "
+        "annotate it Turn[Ctx]"
+    ]
+
+
+def test_one_problem_is_not_plural() -> None:
+    def build() -> None:
+        class Flow(Conversation[Ctx]):
+            @state
+            def a(self, turn: T) -> Literal["a"]:
+                return "a"
+
+    with pytest.raises(ConversationDefinitionError) as raised:
+        build()
+    assert "Flow is not a valid conversation (1 problem):" in str(raised.value)
+
+
+def test_a_second_step_for_one_state_is_a_definition_error() -> None:
+    orchestrator = ChatOrchestrator(InMemoryStateManager(), RecordingSender())
+    orchestrator.add_step("start", lambda c, t, x, s: ("start", {}))
+    with pytest.raises(ConversationDefinitionError) as raised:
+        orchestrator.add_step("start", lambda c, t, x, s: ("start", {}))
+    assert isinstance(raised.value, DuplicateStepError)
+    assert raised.value.problems == ["a step is already registered for state 'start'"]
+    assert list(orchestrator.states) == ["start"]

@@ -44,10 +44,13 @@ def test_readme_example_with_file_state_remembers_across_restarts(tmp_path: Path
     assert len(list((tmp_path / "my_chat_states").glob("*.json"))) == 1
 
 
+BANNER = "(type quit or press Ctrl-D to leave)\n"
+
+
 def test_greeting_bot_example_transcript() -> None:
     result = run_python(ROOT / "examples" / "greeting_bot.py", stdin="Bob\nAlice\nquit\nnever\n")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == (
+    assert result.stdout == BANNER + (
         "Hello! What's your name?\n> Nice to meet you, Bob!\n> Hello! What's your name?\n> "
     )
 
@@ -56,10 +59,35 @@ def test_greeting_bot_example_with_state_dir_resumes(tmp_path: Path) -> None:
     env = {"CHAT_STATE_DIR": str(tmp_path / "states")}
     script = ROOT / "examples" / "greeting_bot.py"
     first = run_python(script, stdin="quit\n", env=env)
-    assert first.stdout == "Hello! What's your name?\n> "
-    # A new process resumes the stored chat: no second greeting, the name is still awaited.
+    assert first.stdout == BANNER + "Hello! What's your name?\n> "
+    # A new process resumes the stored chat: no second greeting, and the question it waits on
+    # is shown again.
     second = run_python(script, stdin="Bob\nquit\n", env=env)
     assert second.returncode == 0, second.stderr
-    assert second.stdout == (
-        "(resuming chat 'console_user' in state 'get_name')\n> Nice to meet you, Bob!\n> "
+    assert second.stdout == BANNER + (
+        "(resuming chat 'console_user'; the last message was:)\n"
+        "Hello! What's your name?\n> Nice to meet you, Bob!\n> "
     )
+
+
+def test_readme_class_api_example_runs_as_written(tmp_path: Path) -> None:
+    code = readme_block("<!-- class-api-example -->")
+    assert "from chat_orchestrator import " in code  # the short imports
+    for used in ("context_of(", "state_of(", "reset(", "mermaid("):
+        assert used in code
+    result = run_python(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [
+        "Hi! What's your name?",
+        "Nice to meet you, Ada! How old are you?",
+        "stateDiagram-v2",
+    ]
+    assert "    got_age --> done" in lines
+
+
+def test_readme_tester_example_runs_with_several_chats(tmp_path: Path) -> None:
+    code = readme_block("<!-- class-api-example -->") + readme_block("<!-- tester-example -->")
+    assert "state_manager=tester.state_manager" in code
+    result = run_python(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr

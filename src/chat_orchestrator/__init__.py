@@ -1,11 +1,18 @@
 """chat-orchestrator: typed, stateful chatbots as state machines.
 
-Backends with optional drivers live in their own modules and are not imported here:
-``chat_orchestrator.state_managers.redis`` (extra ``redis``),
-``chat_orchestrator.state_managers.mongodb`` (extra ``mongo``) and
-``chat_orchestrator.senders.whatsapp`` (extra ``whatsapp``).
+Everything public is one import away: ``from chat_orchestrator import Conversation, Turn,
+state, ChatOrchestrator, ConversationTester, RecordingSender``. The pieces that need an
+optional driver are imported on first use, here and from their packages:
+``RedisStateManager`` (extra ``redis``), ``MongoDBStateManager`` (extra ``mongo``) and
+``WhatsAppSender`` (extra ``whatsapp``); without the driver that first use raises
+MissingDependencyError naming the extra. The WhatsApp webhook pieces (``WhatsAppBot``,
+``WhatsAppWebhook``, ``inbound_message``) need no driver and load on first use too.
 """
 
+from typing import TYPE_CHECKING
+
+from chat_orchestrator._lazy import lazy_attributes
+from chat_orchestrator.conversation import Conversation, Turn, state
 from chat_orchestrator.errors import (
     ChatOrchestratorError,
     ContextError,
@@ -13,6 +20,7 @@ from chat_orchestrator.errors import (
     ContextValidationError,
     ConversationDefinitionError,
     CorruptStateError,
+    DuplicateStepError,
     InvalidChatIdError,
     InvalidMessageError,
     InvalidStepResultError,
@@ -30,15 +38,39 @@ from chat_orchestrator.errors import (
     WebhookError,
     WhatsAppAPIError,
 )
-from chat_orchestrator.orchestrator import ChatOrchestrator, StepFunction, StepResult
+from chat_orchestrator.orchestrator import (
+    ChatOrchestrator,
+    StepFunction,
+    StepResult,
+    TypedStepFunction,
+)
 from chat_orchestrator.senders import ConsoleMessageSender, MessageSender
 from chat_orchestrator.state_managers import (
     FileStateManager,
     InMemoryStateManager,
+    RecordStateManager,
     StateManager,
     StateRecord,
     TurnLease,
 )
+from chat_orchestrator.testing import ConversationTester, RecordingSender, SentMessage
+
+if TYPE_CHECKING:
+    from chat_orchestrator.channels import (
+        WhatsAppBot as WhatsAppBot,
+    )
+    from chat_orchestrator.channels import (
+        WhatsAppWebhook as WhatsAppWebhook,
+    )
+    from chat_orchestrator.channels import (
+        inbound_message as inbound_message,
+    )
+    from chat_orchestrator.senders.whatsapp import WhatsAppSender as WhatsAppSender
+    from chat_orchestrator.senders.whatsapp_async import (
+        AsyncWhatsAppSender as AsyncWhatsAppSender,
+    )
+    from chat_orchestrator.state_managers.mongodb import MongoDBStateManager as MongoDBStateManager
+    from chat_orchestrator.state_managers.redis import RedisStateManager as RedisStateManager
 
 __version__ = "0.1.0"
 
@@ -49,8 +81,11 @@ __all__ = [
     "ContextError",
     "ContextSerializationError",
     "ContextValidationError",
+    "Conversation",
     "ConversationDefinitionError",
+    "ConversationTester",
     "CorruptStateError",
+    "DuplicateStepError",
     "FileStateManager",
     "InMemoryStateManager",
     "InvalidChatIdError",
@@ -59,8 +94,11 @@ __all__ = [
     "LockTimeoutError",
     "MessageSender",
     "MissingDependencyError",
+    "RecordStateManager",
+    "RecordingSender",
     "SenderError",
     "SenderTimeoutError",
+    "SentMessage",
     "StateManager",
     "StateManagerError",
     "StateManagerUnavailableError",
@@ -69,11 +107,26 @@ __all__ = [
     "StepFunction",
     "StepResult",
     "TransitionError",
+    "Turn",
     "TurnError",
     "TurnLease",
+    "TypedStepFunction",
     "UnknownStateError",
     "VersionConflictError",
     "WebhookError",
     "WhatsAppAPIError",
     "__version__",
+    "state",
 ]
+
+#: Names loaded on first use (an optional driver, or modules most users never need).
+OPTIONAL = {
+    "MongoDBStateManager": "chat_orchestrator.state_managers.mongodb",
+    "RedisStateManager": "chat_orchestrator.state_managers.redis",
+    "WhatsAppBot": "chat_orchestrator.channels",
+    "WhatsAppSender": "chat_orchestrator.senders.whatsapp",
+    "AsyncWhatsAppSender": "chat_orchestrator.senders.whatsapp_async",
+    "WhatsAppWebhook": "chat_orchestrator.channels",
+    "inbound_message": "chat_orchestrator.channels",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, OPTIONAL, __all__)

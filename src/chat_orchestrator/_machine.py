@@ -9,6 +9,7 @@ Nothing here runs per message: the engine uses the precomputed target sets.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +21,14 @@ from statemachine.factory import StateMachineMetaclass
 from statemachine.graph import disconnected_states, states_without_path_to_final_states
 from statemachine.transition_list import TransitionList
 
-__all__ = ["FlowSpec", "StateSpec", "check_flow", "compile_machine", "mermaid"]
+__all__ = [
+    "UNDECLARED_NOTE",
+    "FlowSpec",
+    "StateSpec",
+    "check_flow",
+    "compile_machine",
+    "mermaid",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +49,7 @@ def _initials(spec: FlowSpec) -> list[str]:
     return [name for name, state in spec.states.items() if state.initial]
 
 
-def _structural_problems(spec: FlowSpec) -> list[str]:
+def _structural_problems(spec: FlowSpec, not_states: frozenset[str]) -> list[str]:
     problems: list[str] = []
     initials = _initials(spec)
     if not initials:
@@ -51,7 +59,12 @@ def _structural_problems(spec: FlowSpec) -> list[str]:
     for name, state in spec.states.items():
         unknown = sorted((state.targets or frozenset()) - spec.states.keys())
         if unknown:
-            problems.append(f"state {name!r} declares unknown target(s) {unknown}")
+            hints = [_hint(target, spec.states.keys(), not_states) for target in unknown]
+            shown = "; ".join(hint for hint in hints if hint)
+            problems.append(
+                f"state {name!r} declares unknown target(s) {unknown}"
+                + (f" ({shown})" if shown else "")
+            )
         if state.final and state.targets and state.targets - {name}:
             others = sorted(state.targets - {name})
             problems.append(
@@ -59,6 +72,14 @@ def _structural_problems(spec: FlowSpec) -> list[str]:
                 "only stay where it is (drop final=True to let it move on)"
             )
     return problems
+
+
+def _hint(target: str, states: Iterable[str], not_states: frozenset[str]) -> str:
+    """Why ``target`` is unknown, in words: a method without @state, or the likely typo."""
+    if target in not_states:
+        return f"{target!r} is a method without @state"
+    close = difflib.get_close_matches(target, list(states), n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
 
 
 def _graph(
@@ -88,27 +109,41 @@ def _graph(
     return states, events
 
 
-def check_flow(spec: FlowSpec) -> list[str]:
-    """Every problem with ``spec``, each naming the offending state ids; [] if it is sound."""
-    problems = _structural_problems(spec)
+def check_flow(spec: FlowSpec, *, not_states: Iterable[str] = ()) -> list[str]:
+    """Every problem with ``spec``, each naming the offending state ids; [] if it is sound.
+
+    ``not_states`` names attributes of the flow that are not states (methods without
+    ``@state``), so a target naming one can say so. The graph checks run on the well-formed
+    part of the flow even when there are structural problems: unknown targets are left out,
+    and a state declaring one is not blamed again as a trap (its intent is unknown).
+    """
     if not spec.states:
         return ["no states: decorate at least one method with @state"]
-    if problems:
-        return problems
+    problems = _structural_problems(spec, frozenset(not_states))
+    structural = bool(problems)
     states, _ = _graph(spec)
-    initial = states[_initials(spec)[0]]
-    unreachable = sorted(s.value for s in disconnected_states(initial, set(states.values())))
-    if unreachable:
-        problems.append(f"unreachable state(s) from {initial.value!r}: {unreachable}")
-    traps = sorted(s.value for s in states.values() if not s.final and not s.transitions)
+    has_unknown = {
+        name for name, s in spec.states.items() if (s.targets or frozenset()) - spec.states.keys()
+    }
+    initials = _initials(spec)
+    if len(initials) == 1:  # reachability needs the one start
+        initial = states[initials[0]]
+        unreachable = sorted(s.value for s in disconnected_states(initial, set(states.values())))
+        if unreachable:
+            problems.append(f"unreachable state(s) from {initial.value!r}: {unreachable}")
+    traps = sorted(
+        s.value
+        for s in states.values()
+        if not s.final and not s.transitions and s.value not in has_unknown
+    )
     if traps:
         problems.append(f"non-final state(s) with no way out: {traps} (declare a target)")
     if any(s.final for s in states.values()):
         stuck = sorted(s.value for s in states_without_path_to_final_states(states.values()))
-        stuck = [name for name in stuck if name not in traps]
+        stuck = [name for name in stuck if name not in traps and name not in has_unknown]
         if stuck:
             problems.append(f"state(s) with no path to a final state: {stuck}")
-    if not problems:
+    if not problems and not structural:
         try:
             compile_machine(spec)
         except InvalidDefinition as exc:  # anything python-statemachine finds that we did not
@@ -162,4 +197,13 @@ def mermaid(spec: FlowSpec) -> str:
             lines.append(f"    {alias[state.value]} --> {alias[transition.target.value]}")
         if state.final:
             lines.append(f"    {alias[state.value]} --> [*]")
+    # A decorator step without to= has no edges to draw; a note keeps it on the diagram and
+    # says why it has no arrows (it may go to any state).
+    for name in names:
+        if spec.states[name].targets is None and not spec.states[name].final:
+            lines.append(f"    note right of {alias[name]} : {UNDECLARED_NOTE}")
     return "\n".join(lines) + "\n"
+
+
+#: The note drawn on a state whose step declared no targets.
+UNDECLARED_NOTE = "no to= declared: may go to any state"

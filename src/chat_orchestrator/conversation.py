@@ -116,9 +116,16 @@ class Conversation(Generic[C]):
             return
         problems: list[str] = []
         context_type = _context_type(cls, problems)
-        specs = _collect_states(cls, problems)
+        specs = _collect_states(cls, context_type, problems)
         flow = FlowSpec(cls.__qualname__, specs)
-        problems.extend(check_flow(flow))
+        plain_methods = {
+            name
+            for name in dir(cls)
+            if not name.startswith("__")
+            and name not in specs
+            and callable(getattr(cls, name, None))
+        }
+        problems.extend(check_flow(flow, not_states=plain_methods))
         if problems:
             raise ConversationDefinitionError(cls.__qualname__, problems)
         assert context_type is not None
@@ -251,7 +258,9 @@ def _check_fresh_context(model: type[BaseModel], problems: list[str]) -> None:
         )
 
 
-def _collect_states(cls: type, problems: list[str]) -> dict[str, StateSpec]:
+def _collect_states(
+    cls: type, context_type: type[BaseModel] | None, problems: list[str]
+) -> dict[str, StateSpec]:
     specs: dict[str, StateSpec] = {}
     reserved = _RESERVED | {n for n in vars(Conversation) if not n.startswith("__")}
     for klass in reversed(cls.__mro__):  # base classes first: a subclass may override a state
@@ -271,6 +280,7 @@ def _collect_states(cls: type, problems: list[str]) -> dict[str, StateSpec]:
                 problems.append(f"state {name!r} must be a plain method def {name}(self, turn)")
                 continue
             _check_signature(name, value, problems)
+            _check_turn_type(name, value, context_type, problems)
             specs[name] = StateSpec(
                 _targets(name, value, marker, problems), marker.initial, marker.final
             )
@@ -293,6 +303,35 @@ def _check_signature(name: str, function: Callable[..., Any], problems: list[str
     if not takes_two or keyword_only_required:
         shown = f"({', '.join(str(p) for p in parameters)})"
         problems.append(f"state {name!r} has signature {shown}; it must be (self, turn)")
+
+
+def _check_turn_type(
+    name: str, function: Any, context_type: type[BaseModel] | None, problems: list[str]
+) -> None:
+    """A ``turn: Turn[Other]`` annotation inside ``Conversation[Ctx]`` would lie to mypy."""
+    parameters = list(inspect.signature(function).parameters.values())
+    if context_type is None or len(parameters) < 2:
+        return
+    annotation = _resolve(function, parameters[1].annotation)
+    if typing.get_origin(annotation) is not Turn:
+        return
+    (argument,) = typing.get_args(annotation)
+    # A base class of the context (Turn[BaseModel] in a shared helper) is allowed.
+    if isinstance(argument, type) and not issubclass(context_type, argument):
+        problems.append(
+            f"state {name!r} takes Turn[{argument.__name__}], but the conversation's context "
+            f"is {context_type.__name__}: annotate it Turn[{context_type.__name__}]"
+        )
+
+
+def _resolve(function: Any, annotation: Any) -> Any:
+    """An annotation as an object, evaluating a string one (``from __future__ import ...``)."""
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        return eval(annotation, function.__globals__, {"Literal": Literal, "Turn": Turn})  # noqa: S307 - the user's own annotation, as typing.get_type_hints does
+    except Exception:
+        return None  # a name only a type checker can see: nothing to check here
 
 
 def _targets(
@@ -318,12 +357,7 @@ def _targets(
 
 
 def _literal_targets(function: Any) -> frozenset[str] | None:
-    annotation = function.__annotations__.get("return")
-    if isinstance(annotation, str):
-        try:
-            annotation = eval(annotation, function.__globals__, {"Literal": Literal})  # noqa: S307 - the user's own annotation, as typing.get_type_hints does
-        except Exception:
-            return None
+    annotation = _resolve(function, function.__annotations__.get("return"))
     values = _literal_values(annotation)
     if values is None:
         return None

@@ -4,6 +4,7 @@
 
     ChatOrchestratorError
      ├── ConversationDefinitionError      a flow is wrong as written (found before any message)
+     │    └── DuplicateStepError (ValueError)  a second step registered for one state
      ├── InvalidChatIdError (ValueError)  a chat id that no backend may store
      ├── TurnError                        one turn failed; .chat_id and .state_id say where
      │    ├── StepError                   the step raised (original chained as __cause__)
@@ -38,6 +39,7 @@ __all__ = [
     "ContextValidationError",
     "ConversationDefinitionError",
     "CorruptStateError",
+    "DuplicateStepError",
     "InvalidChatIdError",
     "InvalidMessageError",
     "InvalidStepResultError",
@@ -76,9 +78,12 @@ class ConversationDefinitionError(ChatOrchestratorError):
         self.owner = owner
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(
-            f"{owner} is not a valid conversation ({len(self.problems)} problems):\n{lines}"
-        )
+        count = f"{len(self.problems)} problem{'' if len(self.problems) == 1 else 's'}"
+        super().__init__(f"{owner} is not a valid conversation ({count}):\n{lines}")
+
+
+class DuplicateStepError(ConversationDefinitionError, ValueError):
+    """A step is already registered for the state (a ValueError too, as it used to be)."""
 
 
 class InvalidChatIdError(ChatOrchestratorError, ValueError):

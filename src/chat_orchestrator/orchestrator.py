@@ -17,6 +17,7 @@ from chat_orchestrator.errors import (
     ChatOrchestratorError,
     ContextSerializationError,
     ConversationDefinitionError,
+    DuplicateStepError,
     InvalidStepResultError,
     StateManagerError,
     StepError,
@@ -112,7 +113,10 @@ class ChatOrchestrator:
 
     def _register(self, state_id: str, step: _Step) -> None:
         if state_id in self._steps:
-            raise ValueError(f"a step is already registered for state {state_id!r}")
+            # A definition mistake like any other, so one except clause catches them all.
+            raise DuplicateStepError(
+                "orchestrator", [f"a step is already registered for state {state_id!r}"]
+            )
         self._steps[state_id] = step
 
     @property

@@ -17,6 +17,7 @@ from chat_orchestrator.errors import (
     VersionConflictError,
 )
 from chat_orchestrator.orchestrator import ChatOrchestrator
+from chat_orchestrator.state_managers._leased import _LeasedTurn, renewer
 from chat_orchestrator.state_managers.base import StateManager
 from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
 from chat_orchestrator.state_managers.redis import RedisStateManager
@@ -70,6 +71,9 @@ def test_lease_of_a_dead_worker_expires_and_its_late_write_is_rejected(
     orchestrator.handle_message("c", None)
     dead = manager.begin_turn("c")  # a worker that takes the lease, then stalls past it
     assert dead.record is not None
+    assert isinstance(dead, _LeasedTurn)
+    assert dead._token is not None
+    renewer.drop(dead._token)  # a stalled process renews nothing either
     started = time.monotonic()
     orchestrator.handle_message("c", None)  # waits for the lease (0.5 s), then runs
     assert time.monotonic() - started >= 0.3

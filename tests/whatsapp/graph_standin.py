@@ -1,7 +1,7 @@
 """A local stand-in for the Graph API's ``POST /{version}/{phone_number_id}/messages``.
 
 It checks the bearer token, the URL shape and the body against the documented shapes, and
-answers with the documented success and error bodies from ``shared/whatsapp/fixtures``.
+answers with the documented success and error bodies from ``tests/whatsapp/fixtures``.
 Tests script answers with ``respond(status, fixture_or_body, delay=...)``.
 """
 
@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-# shared/ sits next to the repository, in the working tree and in CI's clean clone alike.
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "whatsapp" / "fixtures"
+# Inside the repository, so a clone in an empty directory passes (see fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def fixture(name: str) -> Any:
@@ -81,6 +81,12 @@ def shape_problem(body: Any) -> str | None:
     return None
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog of 5 resets connections under 50 concurrent sends.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @dataclass
 class GraphStandIn:
     token: str = "test-token-SECRET-123"
@@ -104,8 +110,7 @@ class GraphStandIn:
             def do_POST(self) -> None:
                 standin._handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

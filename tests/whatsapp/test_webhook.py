@@ -38,7 +38,8 @@ Serve = Callable[[WhatsAppBot], Served]
 def echo_bot(manager: StateManager | None = None) -> tuple[WhatsAppBot, RecordingSender]:
     """Each turn replies with what the step saw: input, reply title, message kind."""
     sender = RecordingSender()
-    orchestrator = ChatOrchestrator(manager or InMemoryStateManager(), sender)
+    # "is None", not "or": an empty InMemoryStateManager is falsy (it has __len__).
+    orchestrator = ChatOrchestrator(InMemoryStateManager() if manager is None else manager, sender)
 
     @orchestrator.register_step("start")
     def start(

@@ -1,11 +1,17 @@
 """Inbound channels: parsing and verifying what users send (WhatsApp webhooks)."""
 
-from chat_orchestrator.channels.whatsapp_app import TurnFailure, WhatsAppBot, inbound_message
+from chat_orchestrator.channels.whatsapp_app import (
+    TurnFailure,
+    WhatsAppBot,
+    claim_key,
+    inbound_message,
+)
 from chat_orchestrator.channels.whatsapp_events import (
     InboundMessage,
     Location,
     Media,
     ReplyChoice,
+    SkippedEvent,
     StatusEvent,
     WebhookBatch,
     WebhookErrorDetail,
@@ -18,12 +24,14 @@ __all__ = [
     "Location",
     "Media",
     "ReplyChoice",
+    "SkippedEvent",
     "StatusEvent",
     "TurnFailure",
     "WebhookBatch",
     "WebhookErrorDetail",
     "WhatsAppBot",
     "WhatsAppWebhook",
+    "claim_key",
     "inbound_message",
     "parse_payload",
 ]

@@ -8,27 +8,42 @@
   that crashes mid-turn drops that message rather than risk running it twice.
 * Messages of one POST run in timestamp order (stable, so a chat's messages keep their order).
 * A failing step is logged and kept in ``failures``; the POST is still answered 200, since
-  anything else makes Meta redeliver for days. Only when the message-id store itself is
-  unreachable is the answer 503, before any of those messages ran, so Meta retries later.
+  anything else makes Meta redeliver for days. So is a malformed message inside a good batch
+  (skipped, logged, kept in ``failures``); the good messages beside it still run.
+* A failure that is not the step's fault (the chat stayed locked, the store went away) gives
+  the message's claim back and answers 503, so Meta's redelivery runs it; the batch's later
+  messages are left unclaimed too, so a chat's messages keep their order. The same 503 when
+  the message-id store itself is unreachable.
+* A status (message id + status) reaches ``on_status`` once, however often Meta repeats it.
+* Request handling (methods, lengths, limits) lives in ``webhook_http``, free of WSGI.
 """
 
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
+import re
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from chat_orchestrator.channels.webhook_http import HttpReply, admit, read_body, reply_for_error
 from chat_orchestrator.channels.whatsapp_events import InboundMessage, StatusEvent, WebhookBatch
 from chat_orchestrator.channels.whatsapp_webhook import WhatsAppWebhook
-from chat_orchestrator.errors import StateManagerError, WebhookError
+from chat_orchestrator.errors import (
+    ChatOrchestratorError,
+    LockTimeoutError,
+    StateManagerError,
+    StateManagerUnavailableError,
+    WebhookError,
+)
 from chat_orchestrator.orchestrator import ChatOrchestrator
 
-__all__ = ["TurnFailure", "WhatsAppBot", "inbound_message"]
+__all__ = ["TurnFailure", "WhatsAppBot", "claim_key", "inbound_message"]
 
 log = logging.getLogger(__name__)
 SEVEN_DAYS = 7 * 24 * 3600.0
@@ -50,6 +65,31 @@ class TurnFailure:
 
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+#: Not the step's fault: the message must run again when Meta redelivers it.
+_RETRY_LATER = (LockTimeoutError, StateManagerUnavailableError)
+_DECIMAL = re.compile(r"[0-9]+")
+
+
+def claim_key(phone_number_id: str | None, message_id: str, status: str | None = None) -> str:
+    """The once-only key of a message (or of a status report), unambiguous for any ids.
+
+    Meta's phone number ids are decimal, so ``wa:<phone>:<message>`` cannot be split two ways
+    and stays the key used before (claims taken by an older release still count). Anything
+    else (a missing id, a colon, a status) is JSON-encoded, which starts with ``[`` and so never
+    meets the decimal form.
+    """
+    if status is None and phone_number_id is not None and _DECIMAL.fullmatch(phone_number_id):
+        return f"wa:{phone_number_id}:{message_id}"
+    parts = (
+        [phone_number_id, message_id] if status is None else [phone_number_id, message_id, status]
+    )
+    # ensure_ascii=False: ids are valid Unicode (parse_payload checks), and escaping would let a
+    # key grow to six times its ids' length.
+    return "wa:" + json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+
+
+class _RetryLaterError(Exception):
+    """Stop the batch and answer 503: Meta redelivers it, and unclaimed messages run then."""
 
 
 class WhatsAppBot:
@@ -86,64 +126,111 @@ class WhatsAppBot:
 
     # -- WSGI -------------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
+        # Thin WSGI glue: every decision is in respond() and webhook_http, shared with ASGI.
+        headers = {
+            "content-length": environ.get("CONTENT_LENGTH", ""),
+            "transfer-encoding": environ.get("HTTP_TRANSFER_ENCODING", ""),
+            "x-hub-signature-256": environ.get("HTTP_X_HUB_SIGNATURE_256", ""),
+        }
+        method = str(environ.get("REQUEST_METHOD", "GET"))
+        try:
+            length = admit(method, headers, self.webhook.max_body_bytes)
+            body = read_body(environ["wsgi.input"].read, length) if length else b""
+        except WebhookError as exc:
+            reply = self._refused(exc)
+        else:
+            reply = self.respond(method, str(environ.get("QUERY_STRING", "")), headers, body)
+        start_response(f"{reply.status} {reply.reason}", reply.headers())
+        return [reply.body]
+
+    def respond(
+        self, method: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> HttpReply:
+        """Answer one admitted request (see ``webhook_http.admit``); headers in lower case."""
         try:
             if method == "GET":
-                params = dict(parse_qsl(environ.get("QUERY_STRING", "")))
-                return _reply(start_response, 200, self.webhook.verify_subscription(params))
-            if method == "POST":
-                body = self._read_body(environ)
-                signature = environ.get("HTTP_X_HUB_SIGNATURE_256")
-                return _reply(start_response, *self.handle(self.webhook.parse(body, signature)))
-            return _reply(start_response, 405, "method not allowed")
+                params = dict(parse_qsl(query))
+                return HttpReply(200, self.webhook.verify_subscription(params))
+            signature = headers.get("x-hub-signature-256") or None
+            return HttpReply(*self.handle(self.webhook.parse(body, signature)))
         except WebhookError as exc:
-            log.warning("webhook request refused (%d): %s", exc.status, exc)
-            return _reply(start_response, exc.status, str(exc))
+            return self._refused(exc)
 
-    def _read_body(self, environ: dict[str, Any]) -> bytes:
-        limit = self.webhook.max_body_bytes
-        try:
-            declared = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise WebhookError("bad Content-Length", status=400) from None
-        if declared > limit:
-            raise WebhookError(f"body over {limit} bytes", status=413)
-        stream = environ["wsgi.input"]
-        body: bytes = stream.read(declared) if declared else b""
-        return body
+    @staticmethod
+    def _refused(exc: WebhookError) -> HttpReply:
+        log.warning("webhook request refused (%d): %s", exc.status, exc)
+        return reply_for_error(exc)
 
     # -- processing -------------------------------------------------------------------------
     def handle(self, batch: WebhookBatch) -> tuple[int, str]:
         """Run the batch's new messages and report its statuses; returns (HTTP status, text)."""
-        for status in batch.statuses:
-            if self.on_status is not None and self._ours(status.phone_number_id):
-                try:
-                    self.on_status(status)
-                except Exception:
-                    log.exception("on_status failed for %s", status.message_id)
-        messages = sorted(
-            (m for m in batch.messages if self._ours(m.phone_number_id)), key=lambda m: m.timestamp
-        )
-        manager = self.orchestrator.state_manager
-        for message in messages:
-            try:
-                fresh = manager.claim(f"wa:{message.phone_number_id}:{message.id}", self.retention)
-            except StateManagerError as exc:
-                log.error("cannot record message ids (%s); asking Meta to retry", exc)
-                return 503, "message store unavailable"
-            if fresh:
-                self._run(message)
+        for skipped in batch.skipped:
+            log.warning(
+                "skipped a malformed %s (%s): %s", skipped.kind, skipped.message_id, skipped.reason
+            )
+            self.failures.append(
+                TurnFailure(
+                    skipped.message_id or "", "", f"malformed {skipped.kind}: {skipped.reason}"
+                )
+            )
+        try:
+            for status in batch.statuses:
+                if self.on_status is not None and self._ours(status.phone_number_id):
+                    key = claim_key(status.phone_number_id, status.message_id, status.status)
+                    if self._claim(key, status.message_id):
+                        self._report(status)
+            messages = sorted(
+                (m for m in batch.messages if self._ours(m.phone_number_id)),
+                key=lambda m: m.timestamp,
+            )
+            for message in messages:
+                key = claim_key(message.phone_number_id, message.id)
+                if self._claim(key, message.id, message.chat_id):
+                    self._run(message, key)
+        except _RetryLaterError:
+            return 503, "message store unavailable, retry later"
         return 200, "OK"
+
+    def _claim(self, key: str, message_id: str, chat_id: str = "") -> bool:
+        try:
+            return self.orchestrator.state_manager.claim(key, self.retention)
+        except StateManagerError as exc:
+            log.error("cannot record message ids (%s); asking Meta to retry", exc)
+            raise _RetryLaterError from exc
+        except (ChatOrchestratorError, ValueError) as exc:
+            # The store refuses the key itself (a custom manager's rule): retrying cannot help.
+            log.warning(
+                "skipped WhatsApp event %s: its claim key was refused (%s)", message_id, exc
+            )
+            self.failures.append(TurnFailure(message_id, chat_id, f"claim key refused: {exc}"))
+            return False
+
+    def _report(self, status: StatusEvent) -> None:
+        assert self.on_status is not None
+        try:
+            self.on_status(status)
+        except Exception:
+            log.exception("on_status failed for %s", status.message_id)
 
     def _ours(self, phone_number_id: str | None) -> bool:
         return self.phone_number_id is None or phone_number_id == self.phone_number_id
 
-    def _run(self, message: InboundMessage) -> None:
+    def _run(self, message: InboundMessage, key: str) -> None:
         token = _current.set(message)
         try:
             self.orchestrator.handle_message(message.chat_id, message.user_input)
             with self._lock:
                 self.turns += 1
+        except _RETRY_LATER as exc:
+            # Not the step's fault: give the claim back so Meta's redelivery runs the message.
+            log.warning(
+                "turn for WhatsApp message %s deferred (%s); asking Meta to retry", message.id, exc
+            )
+            try:
+                self.orchestrator.state_manager.release_claim(key)
+            except StateManagerError as release_failed:
+                log.error("could not give back the claim of %s: %s", message.id, release_failed)
+            raise _RetryLaterError from exc
         except Exception as exc:
             log.exception("turn failed for WhatsApp message %s", message.id)
             self.failures.append(
@@ -151,23 +238,3 @@ class WhatsAppBot:
             )
         finally:
             _current.reset(token)
-
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    405: "Method Not Allowed",
-    413: "Payload Too Large",
-    503: "Service Unavailable",
-}
-
-
-def _reply(start_response: StartResponse, status: int, text: str) -> list[bytes]:
-    data = text.encode("utf-8")
-    start_response(
-        f"{status} {_REASONS.get(status, 'Error')}",
-        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))],
-    )
-    return [data]

@@ -3,7 +3,12 @@
 Unknown fields are ignored and unknown message types arrive as ``kind`` with their raw dict;
 ``from``/``wa_id`` may be absent (business-scoped user ids), so ``chat_id`` falls back to the
 BSUID. Only the shape that routing needs is enforced: ``entry`` must be a list, ``messages``
-and ``statuses`` lists of objects; anything else is a WebhookError (400).
+and ``statuses`` lists; anything else in the envelope is a WebhookError (400).
+
+One bad message or status inside a good envelope (no ``from``, a non-numeric latitude, a
+timestamp that is not Unix seconds, an id that is not valid Unicode) is skipped and listed in
+``WebhookBatch.skipped``: refusing the whole POST would make Meta redeliver it for days while
+the good messages beside it never run.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ __all__ = [
     "Location",
     "Media",
     "ReplyChoice",
+    "SkippedEvent",
     "StatusEvent",
     "WebhookBatch",
     "WebhookErrorDetail",
@@ -25,6 +31,9 @@ __all__ = [
 ]
 
 MEDIA_KINDS = frozenset({"image", "video", "audio", "document", "sticker"})
+#: Longest message id accepted (Meta's wamids are under 100 characters); bounds claim keys.
+MAX_ID_CHARS = 1024
+_MAX_TIMESTAMP = 10**12  # Unix seconds; anything longer is not a time Meta sends
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +120,53 @@ class StatusEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class SkippedEvent:
+    """A message or status of a good envelope that could not be parsed, and why.
+
+    ``message_id`` is printable (a lone surrogate is shown as an escape) or None if absent.
+    """
+
+    kind: str  # "message" or "status"
+    message_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookBatch:
     messages: list[InboundMessage] = field(default_factory=list)
     statuses: list[StatusEvent] = field(default_factory=list)
     errors: list[WebhookErrorDetail] = field(default_factory=list)
+    skipped: list[SkippedEvent] = field(default_factory=list)
+
+
+class _BadEventError(Exception):
+    """One message or status is malformed; the envelope around it is fine."""
 
 
 def _bad(message: str) -> WebhookError:
     return WebhookError(f"malformed webhook payload: {message}", status=400)
+
+
+def _valid_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape
+        return False
+    return True
+
+
+def _printable(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return value[:MAX_ID_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _BadEventError(f"{what} is missing")
+    if len(value) > MAX_ID_CHARS or not _valid_text(value):
+        raise _BadEventError(f"{what} is not a valid id")
+    return value
 
 
 def _str(value: object) -> str | None:
@@ -129,13 +177,27 @@ def _obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _int(value: object) -> int:
-    # Meta sends timestamps as strings of Unix seconds.
-    if isinstance(value, int):
+def _timestamp(value: object) -> int:
+    """Meta sends Unix seconds as a string; absent is 0, anything else skips the event."""
+    if value is None:
+        return 0
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
+        return int(value)  # ASCII digits only: int("²") raises, int("9" * 5000) too
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_TIMESTAMP:
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return 0
+    raise _BadEventError("timestamp is not Unix seconds")
+
+
+def _coordinate(value: object, bound: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _BadEventError("a location needs numeric latitude and longitude")
+    try:
+        number = float(value)
+    except ValueError:
+        raise _BadEventError("a location needs numeric latitude and longitude") from None
+    if not -bound <= number <= bound:  # also refuses NaN and infinities
+        raise _BadEventError("a location's latitude or longitude is out of range")
+    return number
 
 
 def _list_of_objects(value: object, what: str) -> list[dict[str, Any]]:
@@ -143,6 +205,14 @@ def _list_of_objects(value: object, what: str) -> list[dict[str, Any]]:
         return []
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise _bad(f"{what} must be a list of objects")
+    return value
+
+
+def _list(value: object, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _bad(f"{what} must be a list")
     return value
 
 
@@ -165,11 +235,9 @@ def _errors(value: object) -> tuple[WebhookErrorDetail, ...]:
 def _message(
     raw: dict[str, Any], phone_number_id: str | None, names: dict[str, str]
 ) -> InboundMessage:
-    message_id = _str(raw.get("id"))
+    message_id = _id(raw.get("id"), "the message id")
     wa_id, user_id = _str(raw.get("from")), _str(raw.get("from_user_id"))
-    chat_id = wa_id or user_id
-    if not message_id or not chat_id:
-        raise _bad("a message needs an id and a from or from_user_id")
+    chat_id = _id(wa_id or user_id, "the sender (from or from_user_id)")
     kind = _str(raw.get("type")) or "unknown"
     fields: dict[str, Any] = {}
     content = _obj(raw.get(kind))
@@ -200,15 +268,12 @@ def _message(
             _str(content.get("url")),
         )
     elif kind == "location":
-        try:
-            fields["location"] = Location(
-                float(content["latitude"]),
-                float(content["longitude"]),
-                _str(content.get("name")),
-                _str(content.get("address")),
-            )
-        except (KeyError, TypeError, ValueError):
-            raise _bad("a location message needs numeric latitude and longitude") from None
+        fields["location"] = Location(
+            _coordinate(content.get("latitude"), 90.0),
+            _coordinate(content.get("longitude"), 180.0),
+            _str(content.get("name")),
+            _str(content.get("address")),
+        )
     quoted = raw.get("context")
     return InboundMessage(
         id=message_id,
@@ -217,7 +282,7 @@ def _message(
         wa_id=wa_id,
         user_id=user_id,
         contact_name=names.get(wa_id or "") or names.get(user_id or ""),
-        timestamp=_int(raw.get("timestamp")),
+        timestamp=_timestamp(raw.get("timestamp")),
         kind=kind,
         quoted_id=_str(quoted.get("id")) if isinstance(quoted, dict) else None,
         errors=_errors(raw.get("errors")),
@@ -227,19 +292,28 @@ def _message(
 
 
 def _status(raw: dict[str, Any], phone_number_id: str | None) -> StatusEvent:
-    message_id, status = _str(raw.get("id")), _str(raw.get("status"))
-    if not message_id or not status:
-        raise _bad("a status needs an id and a status")
+    message_id = _id(raw.get("id"), "the status's message id")
+    status = _id(raw.get("status"), "the status")
     return StatusEvent(
         message_id=message_id,
         status=status,
-        timestamp=_int(raw.get("timestamp")),
+        timestamp=_timestamp(raw.get("timestamp")),
         recipient_id=_str(raw.get("recipient_id")),
         recipient_user_id=_str(raw.get("recipient_user_id")),
         phone_number_id=phone_number_id,
         callback_data=_str(raw.get("biz_opaque_callback_data")),
         errors=_errors(raw.get("errors")),
     )
+
+
+def _event(raw: object) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise _BadEventError("not a JSON object")
+    return raw
+
+
+def _event_id(raw: object) -> str | None:
+    return _printable(raw.get("id")) if isinstance(raw, dict) else None
 
 
 def parse_payload(payload: object) -> WebhookBatch:
@@ -258,6 +332,8 @@ def parse_payload(payload: object) -> WebhookBatch:
                 continue  # account updates, template status...: not routed here
             metadata = value.get("metadata")
             phone_id = _str(metadata.get("phone_number_id")) if isinstance(metadata, dict) else None
+            if phone_id is not None and (len(phone_id) > MAX_ID_CHARS or not _valid_text(phone_id)):
+                raise _bad("metadata.phone_number_id is not a valid id")
             names = {}
             for contact in _list_of_objects(value.get("contacts"), "contacts"):
                 profile = contact.get("profile")
@@ -265,9 +341,15 @@ def parse_payload(payload: object) -> WebhookBatch:
                 for key in ("wa_id", "user_id"):
                     if name and _str(contact.get(key)):
                         names[contact[key]] = name
-            for raw in _list_of_objects(value.get("messages"), "messages"):
-                batch.messages.append(_message(raw, phone_id, names))
-            for raw in _list_of_objects(value.get("statuses"), "statuses"):
-                batch.statuses.append(_status(raw, phone_id))
+            for raw in _list(value.get("messages"), "messages"):
+                try:
+                    batch.messages.append(_message(_event(raw), phone_id, names))
+                except _BadEventError as exc:
+                    batch.skipped.append(SkippedEvent("message", _event_id(raw), str(exc)))
+            for raw in _list(value.get("statuses"), "statuses"):
+                try:
+                    batch.statuses.append(_status(_event(raw), phone_id))
+                except _BadEventError as exc:
+                    batch.skipped.append(SkippedEvent("status", _event_id(raw), str(exc)))
             batch.errors.extend(_errors(value.get("errors")))
     return batch

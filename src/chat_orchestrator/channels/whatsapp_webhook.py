@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping
 
 from chat_orchestrator.channels.whatsapp_events import WebhookBatch, parse_payload
@@ -14,6 +15,7 @@ __all__ = ["WhatsAppWebhook"]
 
 #: Meta's documented maximum payload is 3 MB; leave a little room.
 DEFAULT_MAX_BODY = 3_500_000
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class WhatsAppWebhook:
@@ -45,8 +47,12 @@ class WhatsAppWebhook:
         if not header:
             raise WebhookError("X-Hub-Signature-256 is missing", status=401)
         scheme, _, received = header.partition("=")
+        digest = received.strip().lower()
         expected = hmac.new(self._app_secret, body, hashlib.sha256).hexdigest()
-        if scheme != "sha256" or not hmac.compare_digest(received.strip().lower(), expected):
+        # Compared as bytes: compare_digest refuses a str holding non-ASCII (a TypeError, a 500).
+        # WSGI hands headers over as latin-1 text, so anything outside it is not ours either.
+        well_formed = scheme == "sha256" and _HEX64.fullmatch(digest) is not None
+        if not well_formed or not hmac.compare_digest(digest.encode("ascii"), expected.encode()):
             raise WebhookError("X-Hub-Signature-256 does not match the body", status=403)
 
     def parse(self, body: bytes, signature: str | None) -> WebhookBatch:
@@ -56,6 +62,8 @@ class WhatsAppWebhook:
         self.verify_signature(body, signature)
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):  # ValueError also covers a >4300-digit int
             raise WebhookError("the body is not JSON", status=400) from None
+        except RecursionError:  # JSON nested deeper than the interpreter's stack
+            raise WebhookError("the body is nested too deeply", status=400) from None
         return parse_payload(payload)

@@ -1,6 +1,27 @@
-"""Message senders: how replies reach users (console, WhatsApp, or your own)."""
+"""Message senders: how replies reach users (console, WhatsApp, or your own).
 
-from chat_orchestrator.senders.base import MessageSender
+``WhatsAppSender`` and ``AsyncWhatsAppSender`` (extra ``whatsapp``) are imported on first
+use, so importing this package never needs ``httpx``; without it that first use raises
+MissingDependencyError.
+"""
+
+from typing import TYPE_CHECKING
+
+from chat_orchestrator._lazy import lazy_attributes
+from chat_orchestrator.senders.base import AsyncMessageSender, MessageSender
 from chat_orchestrator.senders.console import ConsoleMessageSender
 
-__all__ = ["ConsoleMessageSender", "MessageSender"]
+if TYPE_CHECKING:
+    from chat_orchestrator.senders.whatsapp import WhatsAppSender as WhatsAppSender
+    from chat_orchestrator.senders.whatsapp_async import (
+        AsyncWhatsAppSender as AsyncWhatsAppSender,
+    )
+
+__all__ = ["AsyncMessageSender", "ConsoleMessageSender", "MessageSender"]
+
+#: Names whose module needs an optional driver, by module.
+OPTIONAL = {
+    "WhatsAppSender": "chat_orchestrator.senders.whatsapp",
+    "AsyncWhatsAppSender": "chat_orchestrator.senders.whatsapp_async",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, OPTIONAL, __all__)

@@ -1,11 +1,11 @@
-"""The message sender contract: a user's sender needs only ``send_message``."""
+"""The message sender contracts: a user's sender needs only ``send_message`` (sync or async)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from typing import Any
 
-__all__ = ["MessageSender"]
+__all__ = ["AsyncMessageSender", "MessageSender"]
 
 
 class MessageSender(ABC):
@@ -18,6 +18,20 @@ class MessageSender(ABC):
 
     @abstractmethod
     def send_message(
+        self, chat_id: str, text: str, options: dict[str, Any] | None = None
+    ) -> str | None:
+        """Send ``text`` to ``chat_id``; raise a SenderError if it cannot be sent."""
+
+
+class AsyncMessageSender(ABC):
+    """:class:`MessageSender` for event loops: ``send_message`` is a coroutine.
+
+    The same contract: ``options`` as for MessageSender, the channel's message id returned,
+    a SenderError raised when the message cannot be sent.
+    """
+
+    @abstractmethod
+    async def send_message(
         self, chat_id: str, text: str, options: dict[str, Any] | None = None
     ) -> str | None:
         """Send ``text`` to ``chat_id``; raise a SenderError if it cannot be sent."""

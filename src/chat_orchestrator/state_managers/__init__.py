@@ -1,9 +1,13 @@
 """State managers: where each chat's state id, context and version live.
 
-Backends with optional drivers (``redis``, ``mongodb``) are imported from their own modules,
-so importing this package never needs a driver.
+``RedisStateManager`` (extra ``redis``) and ``MongoDBStateManager`` (extra ``mongo``) are
+imported on first use, so importing this package never needs a driver; without the driver
+that first use raises MissingDependencyError naming the extra.
 """
 
+from typing import TYPE_CHECKING
+
+from chat_orchestrator._lazy import lazy_attributes
 from chat_orchestrator.state_managers.base import (
     RecordStateManager,
     StateManager,
@@ -13,6 +17,10 @@ from chat_orchestrator.state_managers.base import (
 from chat_orchestrator.state_managers.file import FileStateManager
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 
+if TYPE_CHECKING:
+    from chat_orchestrator.state_managers.mongodb import MongoDBStateManager as MongoDBStateManager
+    from chat_orchestrator.state_managers.redis import RedisStateManager as RedisStateManager
+
 __all__ = [
     "FileStateManager",
     "InMemoryStateManager",
@@ -21,3 +29,10 @@ __all__ = [
     "StateRecord",
     "TurnLease",
 ]
+
+#: Names whose module needs an optional driver, by module.
+OPTIONAL = {
+    "MongoDBStateManager": "chat_orchestrator.state_managers.mongodb",
+    "RedisStateManager": "chat_orchestrator.state_managers.redis",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, OPTIONAL, __all__)

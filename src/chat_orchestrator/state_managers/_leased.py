@@ -6,17 +6,27 @@ A backend implements three primitives, each one round trip:
   ``(False, None)`` when another token holds a live lease;
 * ``_write(chat_id, token, expected, ...)``: store if the version is ``expected`` (and, with a
   token, the lease is still ours), dropping the lease in the same operation;
-* ``_unlock(chat_id, token)``: drop the lease if it is still ours.
+* ``_unlock(chat_id, token)``: drop the lease if it is still ours;
+* ``_renew(chat_id, token)``: push the lease's end ``lock_lease`` ahead if it is still ours.
 
 This class turns them into waiting with backoff, ``lock``, ``save``, ``compare_and_set`` and a
 two-round-trip turn.
+
+Leases are short (``DEFAULT_LOCK_LEASE``) so that a killed worker frees its chats quickly, and
+a turn waits much longer than that (``DEFAULT_LOCK_TIMEOUT``), so the next message for a chat
+whose holder died still runs. A live holder whose step outlasts the lease (an LLM call) keeps
+it: one daemon thread per process renews every held lease each third of its length. The
+thread is shared: a turn costs a dict insert and delete, not a thread or a round trip.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import math
 import os
 import secrets
+import threading
 import time
 from abc import abstractmethod
 from collections.abc import Iterator
@@ -26,7 +36,44 @@ from typing import Any
 from chat_orchestrator.errors import CorruptStateError, LockTimeoutError, describe_chat_id
 from chat_orchestrator.state_managers.base import RecordStateManager, StateRecord, TurnLease
 
-__all__ = ["LeasedStateManager", "new_token"]
+__all__ = [
+    "DEFAULT_LOCK_LEASE",
+    "DEFAULT_LOCK_TIMEOUT",
+    "LeasedStateManager",
+    "check_lease_settings",
+    "new_token",
+]
+
+logger = logging.getLogger(__name__)
+
+#: A dead holder's lease ends within this many seconds (a live one is renewed).
+DEFAULT_LOCK_LEASE = 10.0
+#: A turn waits this long for a busy chat: three leases, so it outlives a dead holder's lease.
+DEFAULT_LOCK_TIMEOUT = 30.0
+
+
+def check_lease_settings(lock_lease: float, lock_timeout: float | None) -> int:
+    """The lease in ms; ValueError for a lease or timeout that is not a positive number."""
+    if isinstance(lock_lease, bool) or not isinstance(lock_lease, int | float):
+        raise TypeError(f"lock_lease must be a number of seconds, not {type(lock_lease).__name__}")
+    if not math.isfinite(lock_lease) or lock_lease <= 0:
+        raise ValueError(f"lock_lease must be a positive number of seconds, not {lock_lease!r}")
+    if lock_timeout is not None and (
+        isinstance(lock_timeout, bool)
+        or not isinstance(lock_timeout, int | float)
+        or math.isnan(lock_timeout)
+        or lock_timeout < 0
+    ):
+        raise ValueError(f"lock_timeout must be None or seconds >= 0, not {lock_timeout!r}")
+    if lock_timeout is not None and lock_timeout <= lock_lease:
+        # Allowed (a caller may prefer failing fast), but a dead holder then fails messages.
+        logger.warning(
+            "lock_timeout (%s s) is not longer than lock_lease (%s s): a turn waiting for a "
+            "chat whose worker died times out before the dead lease ends",
+            lock_timeout,
+            lock_lease,
+        )
+    return max(1, int(lock_lease * 1000))
 
 
 class _Tokens:
@@ -47,8 +94,109 @@ class _Tokens:
 new_token = _Tokens()
 
 
+class _Renewer:
+    """One daemon thread per process that renews every held lease each third of its length.
+
+    ``_active`` maps a token to (manager, chat id, due time): only the turns running right now,
+    so the thread simply scans it every tick (an eighth of the shortest renewal period held)
+    and sleeps on a condition while it is empty. A turn costs one dict insert and one delete
+    under an uncontended lock; it signals the thread only to wake it from idle or to shorten
+    its tick. Renewals are made one after another: a backend that hangs for its socket timeout
+    delays the others by that much (the period leaves two more tries before a lease ends).
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)  # the thread does not survive a fork
+
+    def reset(self) -> None:
+        self._wake = threading.Condition(threading.Lock())
+        self._active: dict[str, tuple[LeasedStateManager, str, float]] = {}
+        self._tick = math.inf  # the thread's current sleep; inf while idle
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _period(manager: LeasedStateManager) -> float:
+        return manager._lease_ms / 3000  # a third of the lease: two spare tries before it ends
+
+    def hold(self, manager: LeasedStateManager, chat_id: str, token: str) -> None:
+        period = self._period(manager)
+        due = time.monotonic() + period
+        with self._wake:
+            self._active[token] = (manager, chat_id, due)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="chat-orchestrator-lease-renewer", daemon=True
+                )
+                self._thread.start()
+            if period / 8 < self._tick:
+                self._wake.notify()
+
+    def drop(self, token: str) -> None:
+        with self._wake:
+            self._active.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def _run(self) -> None:
+        idle_ticks = 0
+        while True:
+            with self._wake:
+                if not self._active:
+                    # Keep ticking for a period after the last turn, so that turns arriving
+                    # one after another never have to signal the thread awake.
+                    idle_ticks += 1
+                    if idle_ticks <= 8 and self._tick < math.inf:
+                        self._wake.wait(self._tick)
+                        continue
+                    self._tick = math.inf
+                    while not self._active:
+                        self._wake.wait()
+                idle_ticks = 0
+                held = list(self._active.items())
+                self._tick = min(
+                    self._period(manager) / 8 for manager, _, _ in self._active.values()
+                )
+                tick = self._tick
+            now = time.monotonic()
+            for token, (manager, chat_id, due) in held:
+                if due <= now:
+                    self._renew(manager, chat_id, token)
+            with self._wake:
+                self._wake.wait(tick)
+
+    def _renew(self, manager: LeasedStateManager, chat_id: str, token: str) -> None:
+        try:
+            renewed = manager._renew(chat_id, token)
+        except Exception as exc:  # the thread must survive a backend outage; retry next tick
+            logger.warning(
+                "could not renew the lease of chat %s: %s: %s",
+                describe_chat_id(chat_id),
+                type(exc).__name__,
+                exc,
+            )
+            return
+        with self._wake:
+            if token not in self._active:
+                return  # the turn ended while we renewed
+            if renewed:
+                self._active[token] = (manager, chat_id, time.monotonic() + self._period(manager))
+                return
+            del self._active[token]
+        logger.warning(
+            "the lease of chat %s ran out while its turn still ran (renewed too late, or "
+            "another worker took it over); the turn's write is refused if another wrote",
+            describe_chat_id(chat_id),
+        )
+
+
+renewer = _Renewer()
+
+
 class LeasedStateManager(RecordStateManager):
     _lock_timeout: float | None
+    _lease_ms: int
     _address: str
 
     @abstractmethod
@@ -70,6 +218,10 @@ class LeasedStateManager(RecordStateManager):
     @abstractmethod
     def _unlock(self, chat_id: str, token: str) -> None:
         """Drop the lease if ``token`` still holds it."""
+
+    @abstractmethod
+    def _renew(self, chat_id: str, token: str) -> bool:
+        """Extend the lease by ``_lease_ms`` if ``token`` still holds it; False if it does not."""
 
     def _acquire_and_load(self, chat_id: str, token: str) -> StateRecord | None:
         deadline = None if self._lock_timeout is None else time.monotonic() + self._lock_timeout
@@ -125,8 +277,10 @@ class LeasedStateManager(RecordStateManager):
         token = new_token()
         self._acquire_and_load(chat_id, token)
         try:
+            renewer.hold(self, chat_id, token)
             yield
         finally:
+            renewer.drop(token)
             self._unlock(chat_id, token)
 
     def begin_turn(self, chat_id: str) -> TurnLease:
@@ -144,14 +298,22 @@ class _LeasedTurn(TurnLease):
         self._held = None
         self._token: str | None = new_token()
         self.record = manager._acquire_and_load(chat_id, self._token)
+        try:
+            renewer.hold(manager, chat_id, self._token)  # the step may outlast one lease
+        except BaseException:  # no thread to renew with: give the lease back
+            self.close()
+            raise
 
     def commit(self, state_id: str, context: dict[str, Any], encoded: str) -> None:
-        assert self._token is not None
+        token = self._token
+        assert token is not None
         expected = 0 if self.record is None else self.record.version
-        self._leased._write(self.chat_id, self._token, expected, state_id, context, encoded)
+        self._leased._write(self.chat_id, token, expected, state_id, context, encoded)
         self._token = None  # the write dropped the lease
+        renewer.drop(token)
 
     def close(self) -> None:
         token, self._token = self._token, None
         if token is not None:
+            renewer.drop(token)
             self._leased._unlock(self.chat_id, token)

@@ -82,3 +82,7 @@ class ClaimTable:
             self._deadlines[key] = now + ttl
             self._deadlines.move_to_end(key)
             return True
+
+    def release(self, key: str) -> None:  # LEAD (h5-webhook): see StateManager.release_claim
+        with self._guard:
+            self._deadlines.pop(key, None)

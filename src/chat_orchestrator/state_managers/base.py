@@ -214,6 +214,15 @@ class StateManager(ABC):
             table = self.__dict__.setdefault("_claims", ClaimTable())
         return table.claim(key, ttl)
 
+    # LEAD (h5-webhook): minimal default so the WhatsApp bot's 503-and-redeliver path is
+    # testable on this branch; the state-manager helpers add release_claim to every backend.
+    # Reconcile by keeping theirs.
+    def release_claim(self, key: str) -> None:
+        """Forget ``key`` so the next ``claim`` of it succeeds (a turn that must run again)."""
+        table: ClaimTable | None = self.__dict__.get("_claims")
+        if table is not None:
+            table.release(key)
+
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract on purpose
         """Release connections or handles; the default has none."""

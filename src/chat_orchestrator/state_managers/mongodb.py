@@ -26,7 +26,12 @@ from chat_orchestrator.errors import (
     VersionConflictError,
     describe_chat_id,
 )
-from chat_orchestrator.state_managers._leased import LeasedStateManager
+from chat_orchestrator.state_managers._leased import (
+    DEFAULT_LOCK_LEASE,
+    DEFAULT_LOCK_TIMEOUT,
+    LeasedStateManager,
+    check_lease_settings,
+)
 from chat_orchestrator.state_managers.base import StateRecord
 
 try:
@@ -39,9 +44,16 @@ try:
         DuplicateKeyError,
         PyMongoError,
     )
-    from pymongo.uri_parser import parse_uri
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("pymongo", "mongo") from exc
+
+# After the guarded import: this module needs pymongo too.
+from chat_orchestrator.state_managers._mongo_admin import (
+    connect,
+    ensure_claims_index,
+    ensure_ttl_index,
+    from_ms,
+)
 
 __all__ = ["MongoDBStateManager"]
 
@@ -56,9 +68,14 @@ def _now_ms() -> int:
 class MongoDBStateManager(LeasedStateManager):
     """State in a MongoDB collection for any number of worker processes.
 
-    ``lock_lease`` (s): how long a turn may hold a chat before another worker may take it
-    (measured with the workers' clocks: keep them in sync). ``lock_timeout`` (s): how long a
-    turn waits for a busy chat. ``ttl`` (s, optional): a TTL index drops chats idle that long.
+    ``lock_lease`` (s, default 10): how long a dead worker's lease outlives it (measured with
+    the workers' clocks: keep them in sync); a live turn renews its lease every third of that
+    while its step runs, however long the step takes. ``lock_timeout`` (s, default 30, None:
+    forever): how long a turn waits for a busy chat; longer than the lease, so a chat whose
+    worker was killed mid-turn is free again before the next message gives up.
+    ``ttl`` (s, optional): a TTL index drops chats idle that long; a different ``ttl`` after a
+    restart changes that index in place (``collMod``). Claims expire per document, so their
+    ``ttl`` may differ from call to call. A bad ``uri`` is StateManagerError, no secret shown.
     """
 
     def __init__(
@@ -69,8 +86,8 @@ class MongoDBStateManager(LeasedStateManager):
         collection: str | Collection[dict[str, Any]] = "chat_states",
         client: pymongo.MongoClient[dict[str, Any]] | None = None,
         ttl: float | None = None,
-        lock_lease: float = 30.0,
-        lock_timeout: float | None = 10.0,
+        lock_lease: float = DEFAULT_LOCK_LEASE,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
         timeout: float = 5.0,
     ) -> None:
         if isinstance(collection, Collection):
@@ -78,26 +95,19 @@ class MongoDBStateManager(LeasedStateManager):
             self._address = ",".join(f"{h}:{p}" for h, p in collection.database.client.nodes)
         else:
             if client is None:
-                ms = int(timeout * 1000)
-                client = pymongo.MongoClient(
-                    uri,
-                    serverSelectionTimeoutMS=ms,
-                    connectTimeoutMS=ms,
-                    socketTimeoutMS=ms,
-                )
-                nodes = parse_uri(uri)["nodelist"]
-                self._address = ",".join(f"{host}:{port}" for host, port in nodes)
+                client, self._address = connect(uri, timeout)
             else:
                 self._address = ",".join(f"{h}:{p}" for h, p in client.nodes) or "injected client"
             self._collection = client[database][collection]
         self._claims_indexed = False
-        self._lease_ms = max(1, int(lock_lease * 1000))
+        self._lease_ms = check_lease_settings(lock_lease, lock_timeout)
         self._lock_timeout = lock_timeout
         if ttl is not None:
+            seconds = max(1, int(ttl))
             self._call(
                 "create the TTL index for",
                 "*",
-                lambda: self._collection.create_index("at", expireAfterSeconds=max(1, int(ttl))),
+                lambda: ensure_ttl_index(self._collection, "at", seconds),
             )
 
     def __repr__(self) -> str:
@@ -207,32 +217,39 @@ class MongoDBStateManager(LeasedStateManager):
         return expected + 1
 
     # -- once-only markers -----------------------------------------------------------------
+    @property
+    def _claims(self) -> Collection[dict[str, Any]]:
+        return self._collection.database[f"{self._collection.name}_claims"]
+
     def claim(self, key: str, ttl: float) -> bool:
         """A document per key in ``<collection>_claims``; the unique ``_id`` makes it atomic."""
-        claims = self._collection.database[f"{self._collection.name}_claims"]
+        claims = self._claims
         if not self._claims_indexed:
-            # Lets a real MongoDB delete markers once they are no longer needed.
-            self._call(
-                "index claims for",
-                key,
-                lambda: claims.create_index("at", expireAfterSeconds=max(1, int(ttl))),
-            )
+            # Each marker carries its own end (``exp``), so one TTL index of 0 s serves every
+            # ``ttl``: a new retention after a restart never needs a different index.
+            self._call("index claims for", key, lambda: ensure_claims_index(claims))
             self._claims_indexed = True
         now = _now_ms()
         until = now + max(1, int(ttl * 1000))
+        fields = {"until": until, "exp": from_ms(until), "at": _utcnow()}
 
         def insert() -> bool:
             try:
-                claims.insert_one({"_id": key, "until": until, "at": _utcnow()})
+                claims.insert_one({"_id": key, **fields})
                 return True
             except DuplicateKeyError:
                 # Taken before: it counts again only once expired.
                 taken = claims.find_one_and_update(
-                    {"_id": key, "until": {"$lt": now}}, {"$set": {"until": until}}
+                    {"_id": key, "until": {"$lt": now}}, {"$set": fields}
                 )
                 return taken is not None
 
         return self._call("claim", key, insert)
+
+    def release_claim(self, key: str) -> None:
+        """Forget ``key``: the next ``claim`` of it succeeds (a turn that failed to run)."""
+        claims = self._claims
+        self._call("release the claim of", key, lambda: claims.delete_one({"_id": key}))
 
     # -- leases ---------------------------------------------------------------------------
     def _try_acquire(self, chat_id: str, token: str) -> tuple[bool, StateRecord | None]:
@@ -268,9 +285,24 @@ class MongoDBStateManager(LeasedStateManager):
 
         self._call("unlock", chat_id, release)
 
+    def _renew(self, chat_id: str, token: str) -> bool:
+        # ``lu > 0``: a lease already dropped (by the write or an unlock) is never revived.
+        query = {"_id": chat_id, "lk": token, "lu": {"$gt": 0}}
+        update = {"$set": {"lu": _now_ms() + self._lease_ms}}
+        result = self._call(
+            "renew the lease of",
+            chat_id,
+            lambda: self._collection.update_one(query, update),
+        )
+        return result.matched_count == 1
+
     def close(self) -> None:
         self._collection.database.client.close()
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _from_ms(epoch_ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)

@@ -1,0 +1,70 @@
+"""What the sync and async WhatsApp senders share besides the core: one constructor, one repr."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Generic, TypeVar
+
+from chat_orchestrator.senders.whatsapp_core import GraphAPI, RetryPolicy, Timeout
+
+__all__ = ["GraphSender"]
+
+ClientT = TypeVar("ClientT")
+SleepT = TypeVar("SleepT")
+
+
+class GraphSender(ABC, Generic[ClientT, SleepT]):
+    """The constructor both drivers take; only the client and sleep types differ.
+
+    ``client`` is an ``httpx.Client`` (sync) or ``httpx.AsyncClient`` (async) to share a
+    connection pool or add transport settings; the sender closes only a client it created.
+    ``timeout`` applies to every request (it overrides the client's own). ``sleep`` waits
+    between retries (tests pass a recorder).
+    """
+
+    def __init__(
+        self,
+        access_token: str,
+        phone_number_id: str,
+        *,
+        api_version: str = "v25.0",
+        base_url: str = "https://graph.facebook.com",
+        client: ClientT | None = None,
+        timeout: Timeout = (5.0, 20.0),
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        max_backoff: float = 60.0,
+        sleep: SleepT | None = None,
+    ) -> None:
+        self._api = GraphAPI(
+            access_token,
+            phone_number_id,
+            api_version=api_version,
+            base_url=base_url,
+            timeout=timeout,
+            retry_policy=RetryPolicy(max_retries, backoff, max_backoff),
+        )
+        self._owns_client = client is None
+        self._client: ClientT = client if client is not None else self._new_client()
+        self._sleep: SleepT = sleep if sleep is not None else self._default_sleep()
+
+    @abstractmethod
+    def _new_client(self) -> ClientT: ...
+
+    @abstractmethod
+    def _default_sleep(self) -> SleepT: ...
+
+    @property
+    def phone_number_id(self) -> str:
+        return self._api.phone_number_id
+
+    @property
+    def url(self) -> str:
+        return self._api.url
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self._api.retry_policy
+
+    def __repr__(self) -> str:  # the token never appears
+        return f"{type(self).__name__}(phone_number_id={self.phone_number_id!r}, url={self.url!r})"
