@@ -22,6 +22,7 @@ import pytest
 from chat_orchestrator.errors import InvalidChatIdError, VersionConflictError
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.senders.base import MessageSender
+from chat_orchestrator.state_managers._leased import _LeasedTurn, renewer
 from chat_orchestrator.state_managers.base import MAX_CHAT_ID_LENGTH
 from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
 from chat_orchestrator.testing import RecordingSender
@@ -92,6 +93,9 @@ def test_lease_of_a_stalled_turn_expires_and_its_late_write_is_rejected(tmp_path
     orchestrator = counter_orchestrator(manager, RecordingSender())
     orchestrator.handle_message("c", None)
     stalled = manager.begin_turn("c")
+    assert isinstance(stalled, _LeasedTurn)
+    assert stalled._token is not None
+    renewer.drop(stalled._token)  # a stalled process renews nothing either
     started = time.monotonic()
     orchestrator.handle_message("c", None)  # waits for the lease to expire, then runs
     assert time.monotonic() - started >= 0.3

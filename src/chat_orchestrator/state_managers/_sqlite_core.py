@@ -117,6 +117,9 @@ ON CONFLICT (id) DO UPDATE SET state = excluded.state, context = excluded.contex
 # id
 DELETE = "DELETE FROM chats WHERE id = ?"
 
+# lease end, id, token: a live holder pushes its lease's end ahead (the renewer thread).
+RENEW = "UPDATE chats SET lease_until = ?1 WHERE id = ?2 AND lease_token = ?3"
+
 # id, token: a failed first turn leaves no lease-only row behind ...
 UNLOCK_NEW = "DELETE FROM chats WHERE id = ? AND lease_token = ? AND version = 0"
 # ... any other chat just gets its lease dropped.

@@ -28,7 +28,12 @@ from typing import Any, TypeVar
 from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import StateManagerError, describe_chat_id
 from chat_orchestrator.state_managers import _sqlite_core as sql
-from chat_orchestrator.state_managers._leased import LeasedStateManager
+from chat_orchestrator.state_managers._leased import (
+    DEFAULT_LOCK_LEASE,
+    DEFAULT_LOCK_TIMEOUT,
+    LeasedStateManager,
+    check_lease_settings,
+)
 from chat_orchestrator.state_managers.base import StateRecord, validate_chat_id
 
 __all__ = ["SQLiteStateManager"]
@@ -66,9 +71,9 @@ class SQLiteStateManager(LeasedStateManager):
 
     ``synchronous``: ``"FULL"`` (default, durable on power loss), ``"NORMAL"``, ``"OFF"`` or
     ``"EXTRA"``. ``busy_timeout`` (s): how long a statement waits for SQLite's own write lock
-    before StateManagerUnavailableError. ``lock_lease`` (s): how long a turn may hold a chat
-    before another worker may take it. ``lock_timeout`` (s): how long a turn waits for a busy
-    chat before LockTimeoutError (``None``: forever).
+    before StateManagerUnavailableError. ``lock_lease`` (s, default 10): how long a dead
+    process's lease outlives it (a live turn's is renewed). ``lock_timeout`` (s, default 30,
+    ``None``: forever): how long a turn waits for a busy chat before LockTimeoutError.
     """
 
     def __init__(
@@ -77,8 +82,8 @@ class SQLiteStateManager(LeasedStateManager):
         *,
         synchronous: str = "FULL",
         busy_timeout: float = 5.0,
-        lock_lease: float = 30.0,
-        lock_timeout: float | None = 60.0,
+        lock_lease: float = DEFAULT_LOCK_LEASE,
+        lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         if os.fspath(path) in {"", ":memory:"}:
             raise ValueError(
@@ -89,7 +94,7 @@ class SQLiteStateManager(LeasedStateManager):
         self.synchronous = sql.check_synchronous(synchronous)
         self._lease_level = sql.lease_synchronous(self.synchronous)
         self._busy_timeout = busy_timeout
-        self._lease_ms = max(1, int(lock_lease * 1000))
+        self._lease_ms = check_lease_settings(lock_lease, lock_timeout)
         self._lock_timeout = lock_timeout
         self._address = str(self.path)
         self._local = threading.local()
@@ -245,6 +250,15 @@ class SQLiteStateManager(LeasedStateManager):
                 db.execute(sql.UNLOCK, (chat_id, token))
 
         self._call("unlock chat", unlock, chat_id)
+
+    def _renew(self, chat_id: str, token: str) -> bool:
+        params = (_now_ms() + self._lease_ms, chat_id, token)
+        changed = self._call(
+            "renew the lease of chat",
+            lambda: self._connection().at(self._lease_level).execute(sql.RENEW, params).rowcount,
+            chat_id,
+        )
+        return changed == 1
 
     # -- once-only markers ------------------------------------------------------------------
     def claim(self, key: str, ttl: float) -> bool:
