@@ -20,7 +20,8 @@
      │    ├── StateManagerUnavailableError     it cannot be reached (host/port named, no secrets)
      │    ├── CorruptStateError                a stored record cannot be read
      │    ├── VersionConflictError             a conditional write lost against another writer
-     │    └── LockTimeoutError                 the chat's lock could not be had in time
+     │    ├── LockTimeoutError                 the chat's lock could not be had in time
+     │    └── StoreURLError (ValueError)       a store URL that cannot be opened (no secrets)
      ├── SenderError                      a message could not be sent
      │    ├── InvalidMessageError (ValueError) refused before any HTTP (too long, 4 buttons...)
      │    ├── SenderTimeoutError               no answer in time: it may or may not have been sent
@@ -53,6 +54,7 @@ __all__ = [
     "StateManagerError",
     "StateManagerUnavailableError",
     "StepError",
+    "StoreURLError",
     "TransitionError",
     "TurnError",
     "UnknownStateError",
@@ -161,6 +163,10 @@ class VersionConflictError(StateManagerError):
 
 class LockTimeoutError(StateManagerError):
     """The chat's lock was not acquired within the configured time."""
+
+
+class StoreURLError(StateManagerError, ValueError):
+    """A store URL is malformed, of an unknown scheme or has bad options; credentials redacted."""
 
 
 class SenderError(ChatOrchestratorError):
