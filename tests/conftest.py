@@ -22,7 +22,7 @@ from tests.servers import NxServer, RedisServer
 
 ManagerFactory = Callable[[], StateManager]
 
-BACKENDS = ["memory", "file", "seed", "redis", "mongo"]
+BACKENDS = ["memory", "file", "seed", "sqlite", "redis", "mongo"]
 if os.environ.get("MONGODB_URI"):
     BACKENDS.append("mongo-real")
 
@@ -72,6 +72,10 @@ def manager_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     elif kind == "seed":
         shared_seed = DictSeedManager()
         yield lambda: shared_seed
+    elif kind == "sqlite":
+        from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
+
+        yield lambda: SQLiteStateManager(tmp_path / "chats.db", lock_lease=5)
     elif kind == "redis":
         from chat_orchestrator.state_managers.redis import RedisStateManager
 

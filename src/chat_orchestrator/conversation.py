@@ -35,7 +35,11 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from chat_orchestrator._machine import FlowSpec, StateSpec, check_flow, mermaid
-from chat_orchestrator.errors import ContextValidationError, ConversationDefinitionError
+from chat_orchestrator.errors import (
+    ContextSerializationError,
+    ContextValidationError,
+    ConversationDefinitionError,
+)
 from chat_orchestrator.orchestrator import (
     AsyncTypedStepFunction,
     ChatOrchestrator,
@@ -292,7 +296,11 @@ def _complete(
         # Without validate_assignment a field can hold anything; refuse to store what
         # would not load back into the model next turn.
         stored = model.model_validate_json(encoded)
-    except (ValidationError, PydanticSerializationError) as exc:
+    except PydanticSerializationError as exc:  # lone surrogate, nesting too deep...
+        raise ContextSerializationError(
+            f"the context cannot be stored as JSON: {exc}", chat_id=chat_id, state_id=name
+        ) from exc
+    except ValidationError as exc:
         raise ContextValidationError(
             f"the context would not load back into {model.__name__}: {exc}",
             chat_id=chat_id,

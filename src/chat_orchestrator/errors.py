@@ -6,6 +6,8 @@
      ├── ConversationDefinitionError      a flow is wrong as written (found before any message)
      │    └── DuplicateStepError (ValueError)  a second step registered for one state
      ├── InvalidChatIdError (ValueError)  a chat id that no backend may store
+     │    ├── InvalidClaimKeyError         a once-only claim key (same rules as chat ids)
+     │    └── InvalidStateIdError          a state id to store: not a non-empty str
      ├── TurnError                        one turn failed; .chat_id and .state_id say where
      │    ├── StepError                   the step raised (original chained as __cause__)
      │    ├── InvalidStepResultError      the step returned something that is not (str, context)
@@ -18,7 +20,8 @@
      │    ├── StateManagerUnavailableError     it cannot be reached (host/port named, no secrets)
      │    ├── CorruptStateError                a stored record cannot be read
      │    ├── VersionConflictError             a conditional write lost against another writer
-     │    └── LockTimeoutError                 the chat's lock could not be had in time
+     │    ├── LockTimeoutError                 the chat's lock could not be had in time
+     │    └── StoreURLError (ValueError)       a store URL that cannot be opened (no secrets)
      ├── SenderError                      a message could not be sent
      │    ├── InvalidMessageError (ValueError) refused before any HTTP (too long, 4 buttons...)
      │    ├── SenderTimeoutError               no answer in time: it may or may not have been sent
@@ -40,7 +43,9 @@ __all__ = [
     "CorruptStateError",
     "DuplicateStepError",
     "InvalidChatIdError",
+    "InvalidClaimKeyError",
     "InvalidMessageError",
+    "InvalidStateIdError",
     "InvalidStepResultError",
     "LockTimeoutError",
     "MissingDependencyError",
@@ -49,6 +54,7 @@ __all__ = [
     "StateManagerError",
     "StateManagerUnavailableError",
     "StepError",
+    "StoreURLError",
     "TransitionError",
     "TurnError",
     "UnknownStateError",
@@ -85,7 +91,18 @@ class DuplicateStepError(ConversationDefinitionError, ValueError):
 
 
 class InvalidChatIdError(ChatOrchestratorError, ValueError):
-    """A chat id was not a non-empty ``str`` that every backend can store."""
+    """A chat id was not a non-empty ``str`` that every backend can store.
+
+    Its subclasses say the same of the other ids a manager stores (claim keys, state ids).
+    """
+
+
+class InvalidClaimKeyError(InvalidChatIdError):
+    """A claim key was not a non-empty, bounded, valid-Unicode ``str``; nothing was claimed."""
+
+
+class InvalidStateIdError(InvalidChatIdError):
+    """A state id to store was not a non-empty, bounded, valid-Unicode ``str``; nothing stored."""
 
 
 class TurnError(ChatOrchestratorError):
@@ -146,6 +163,10 @@ class VersionConflictError(StateManagerError):
 
 class LockTimeoutError(StateManagerError):
     """The chat's lock was not acquired within the configured time."""
+
+
+class StoreURLError(StateManagerError, ValueError):
+    """A store URL is malformed, of an unknown scheme or has bad options; credentials redacted."""
 
 
 class SenderError(ChatOrchestratorError):

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
-from chat_orchestrator._jsonctx import encode_context
+from chat_orchestrator._jsonctx import check_encoded, encode_context
 from chat_orchestrator._machine import FlowSpec, StateSpec, check_flow, mermaid
 from chat_orchestrator.errors import (
     ChatOrchestratorError,
@@ -48,7 +48,7 @@ __all__ = [
     "TypedStepFunction",
 ]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 StepResult: TypeAlias = tuple[str, dict[str, Any]]
 #: ``(chat_id, user_input, context, sender) -> (next_state_id, new_context)``
@@ -271,6 +271,15 @@ class ChatOrchestrator:
         if step.encodes:
             typed: tuple[str, dict[str, Any], str] = result  # type: ignore[assignment]
             self._check_result(chat_id, state_id, step, typed[:2])
+            try:
+                # The step's encoder (pydantic) vouches for JSON, not for our limits (depth).
+                check_encoded(typed[1], typed[2])
+            except ValueError as exc:
+                raise ContextSerializationError(
+                    f"the returned context cannot be stored: {exc}",
+                    chat_id=chat_id,
+                    state_id=state_id,
+                ) from exc
             return StateUpdate(*typed)
         new_state, new_context = self._check_result(chat_id, state_id, step, result)
         try:
@@ -387,16 +396,25 @@ def _step_failed(exc: Exception, chat_id: str, state_id: str) -> StepError:
     return StepError(f"step raised {type(exc).__name__}: {exc}", chat_id=chat_id, state_id=state_id)
 
 
-def _release_noted(chat_id: str, failure: BaseException, release_error: Exception) -> None:
-    # The turn's own error is what the caller must see; the release failure rides along.
-    log.warning(
-        "releasing chat %s after a failed turn failed too: %s",
+def _release_noted(chat_id: str, failure: BaseException, release_failure: Exception) -> None:
+    """Attach a failed release to the turn's own error, which stays what the caller sees.
+
+    The release failure is logged and attached to ``failure`` (a note, and ``__context__``
+    when the failure has none), so the step's traceback is never replaced.
+    """
+    logger.warning(
+        "could not release chat %s after a failed turn: %s: %s",
         describe_chat_id(chat_id),
-        type(release_error).__name__,
+        type(release_failure).__name__,
+        release_failure,
+        exc_info=release_failure,
     )
     failure.add_note(
-        f"releasing the chat afterwards failed too: {type(release_error).__name__}: {release_error}"
+        f"while handling it, releasing the chat's lock failed too: "
+        f"{type(release_failure).__name__}: {release_failure}"
     )
+    if failure.__context__ is None:
+        failure.__context__ = release_failure
 
 
 def _release_after_failure(close: Callable[[], None], chat_id: str, failure: BaseException) -> None:

@@ -1,4 +1,4 @@
-"""Leases on Redis and MongoDB: a dead holder frees its chat before a waiting turn gives up,
+"""Leases on Redis, MongoDB and SQLite: a dead holder frees its chat before a waiting turn gives up,
 and a live holder whose step outlasts the lease keeps it (one renewer thread per process).
 
 Durations are the defaults scaled down by ``SCALE``, so the tests check the defaults' ratios.
@@ -29,12 +29,13 @@ from chat_orchestrator.state_managers._leased import (
 )
 from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
 from chat_orchestrator.state_managers.redis import RedisStateManager
+from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
 from chat_orchestrator.testing import RecordingSender
 from tests.conftest import mongo_uri
 from tests.helpers import ROOT, counter_orchestrator
 
 SCALE = 0.05  # 10 s / 30 s become 0.5 s / 1.5 s
-KINDS = ["redis", "mongo"] + (["mongo-real"] if os.environ.get("MONGODB_URI") else [])
+KINDS = ["redis", "mongo", "sqlite"] + (["mongo-real"] if os.environ.get("MONGODB_URI") else [])
 
 Factory = Callable[..., LeasedStateManager]
 
@@ -49,7 +50,10 @@ def _defaults(cls: type[LeasedStateManager]) -> tuple[float, float]:
 
 @pytest.fixture(params=KINDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[tuple[type[LeasedStateManager], str]]:
-    """(class, address): the address is a Redis URL or ``<mongo uri>#<database>``."""
+    """(class, address): a Redis URL, ``<mongo uri>#<database>`` or a SQLite file path."""
+    if request.param == "sqlite":
+        yield SQLiteStateManager, str(request.getfixturevalue("tmp_path") / "leases.db")
+        return
     if request.param == "redis":
         yield RedisStateManager, request.getfixturevalue("redis_url")
         return
@@ -66,6 +70,8 @@ def backend(request: pytest.FixtureRequest) -> Iterator[tuple[type[LeasedStateMa
 def build(cls: type[LeasedStateManager], address: str, **kwargs: Any) -> LeasedStateManager:
     if cls is RedisStateManager:
         return RedisStateManager(url=address, **kwargs)
+    if cls is SQLiteStateManager:
+        return SQLiteStateManager(address, **kwargs)
     uri, _, database = address.rpartition("#")
     return MongoDBStateManager(uri, database=database, **kwargs)
 
@@ -75,7 +81,7 @@ def scaled(cls: type[LeasedStateManager]) -> dict[str, float]:
     return {"lock_lease": lease * SCALE, "lock_timeout": timeout * SCALE}
 
 
-@pytest.mark.parametrize("cls", [RedisStateManager, MongoDBStateManager])
+@pytest.mark.parametrize("cls", [RedisStateManager, MongoDBStateManager, SQLiteStateManager])
 def test_default_wait_outlives_a_dead_holders_lease(cls: type[LeasedStateManager]) -> None:
     lease, timeout = _defaults(cls)
     assert (lease, timeout) == (DEFAULT_LOCK_LEASE, DEFAULT_LOCK_TIMEOUT)
@@ -90,9 +96,12 @@ from tests.state_managers.test_leases import build, scaled
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
 from chat_orchestrator.state_managers.redis import RedisStateManager
+from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
 from chat_orchestrator.testing import RecordingSender
 
-cls = RedisStateManager if sys.argv[1] == "redis" else MongoDBStateManager
+cls = {"redis": RedisStateManager, "sqlite": SQLiteStateManager}.get(
+    sys.argv[1], MongoDBStateManager
+)
 orchestrator = ChatOrchestrator(build(cls, sys.argv[2], **scaled(cls)), RecordingSender())
 
 @orchestrator.register_step("start")
@@ -112,7 +121,7 @@ def test_holder_killed_mid_turn_next_message_runs_at_once(
     manager = build(cls, address, **scaled(cls))
     orchestrator = counter_orchestrator(manager, RecordingSender())
     orchestrator.handle_message("c", "tick")
-    kind = "redis" if cls is RedisStateManager else "mongo"
+    kind = {RedisStateManager: "redis", SQLiteStateManager: "sqlite"}.get(cls, "mongo")
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, kind, address], stdout=subprocess.PIPE, cwd=ROOT
     )

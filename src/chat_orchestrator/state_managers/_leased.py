@@ -33,12 +33,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from chat_orchestrator.errors import LockTimeoutError, describe_chat_id
+from chat_orchestrator.errors import CorruptStateError, LockTimeoutError, describe_chat_id
 from chat_orchestrator.state_managers.base import (
     RecordStateManager,
     StateRecord,
     StateUpdate,
     TurnLease,
+    validate_chat_id,
+    validate_write,
 )
 
 __all__ = [
@@ -232,7 +234,11 @@ class LeasedStateManager(RecordStateManager):
         deadline = None if self._lock_timeout is None else time.monotonic() + self._lock_timeout
         pause = 0.001
         while True:
-            acquired, record = self._try_acquire(chat_id, token)
+            try:
+                acquired, record = self._try_acquire(chat_id, token)
+            except CorruptStateError:
+                self._unlock(chat_id, token)  # the lease was taken before the record was read
+                raise
             if acquired:
                 return record
             if deadline is not None and time.monotonic() >= deadline:
@@ -252,6 +258,7 @@ class LeasedStateManager(RecordStateManager):
         expected_version: int,
         encoded: str | None = None,
     ) -> int:
+        encoded = validate_write(chat_id, state_id, context, encoded)
         return self._write(chat_id, None, expected_version, state_id, context, encoded)
 
     def save(
@@ -263,6 +270,7 @@ class LeasedStateManager(RecordStateManager):
         expected_version: int,
         encoded: str | None = None,
     ) -> int:
+        encoded = validate_write(chat_id, state_id, context, encoded)
         token = new_token()
         self._acquire_and_load(chat_id, token)
         try:
@@ -273,6 +281,7 @@ class LeasedStateManager(RecordStateManager):
 
     @contextmanager
     def lock(self, chat_id: str) -> Iterator[None]:
+        validate_chat_id(chat_id)
         token = new_token()
         self._acquire_and_load(chat_id, token)
         try:
@@ -283,7 +292,7 @@ class LeasedStateManager(RecordStateManager):
             self._unlock(chat_id, token)
 
     def begin_turn(self, chat_id: str) -> TurnLease:
-        return _LeasedTurn(self, chat_id)
+        return _LeasedTurn(self, validate_chat_id(chat_id))
 
 
 class _LeasedTurn(TurnLease):

@@ -110,6 +110,6 @@ class ClaimTable:
             self._deadlines.move_to_end(key)
             return True
 
-    def release(self, key: str) -> None:  # LEAD (h5-webhook): see StateManager.release_claim
+    def release(self, key: str) -> None:
         with self._guard:
             self._deadlines.pop(key, None)

@@ -196,7 +196,7 @@ class AsyncStateManager(ABC):
         if got is None:
             return None
         state_id, context = got
-        return StateRecord(state_id, context, fingerprint(state_id, context))
+        return StateRecord(state_id, context, fingerprint(chat_id, state_id, context))
 
     async def compare_and_set_update(
         self, chat_id: str, update: StateUpdate, expected: int

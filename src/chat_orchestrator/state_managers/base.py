@@ -23,8 +23,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from chat_orchestrator._jsonctx import encode_context
-from chat_orchestrator.errors import InvalidChatIdError, VersionConflictError, describe_chat_id
+from chat_orchestrator._jsonctx import check_text, encode_context
+from chat_orchestrator.errors import (
+    ContextSerializationError,
+    CorruptStateError,
+    InvalidChatIdError,
+    InvalidClaimKeyError,
+    InvalidStateIdError,
+    VersionConflictError,
+    describe_chat_id,
+)
 from chat_orchestrator.state_managers._locks import ClaimTable, KeyedLock
 
 if TYPE_CHECKING:
@@ -32,17 +40,47 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_CHAT_ID_LENGTH",
+    "MAX_CLAIM_KEY_LENGTH",
+    "MAX_STATE_ID_LENGTH",
     "RecordStateManager",
     "StateManager",
     "StateRecord",
     "StateUpdate",
     "TurnLease",
     "validate_chat_id",
+    "validate_claim_key",
+    "validate_state_id",
+    "validate_write",
 ]
 
 #: Longest chat id accepted (characters). WhatsApp ids are ~15 digits; this leaves room for
 #: any channel's ids while keeping keys and file headers bounded.
 MAX_CHAT_ID_LENGTH = 16_384
+
+
+#: Longest claim key accepted (characters); channels build keys from ids of similar size.
+MAX_CLAIM_KEY_LENGTH = MAX_CHAT_ID_LENGTH
+#: Longest state id accepted (characters): state ids are names in code, not user data.
+MAX_STATE_ID_LENGTH = 1_024
+
+
+def _validate_id(value: object, what: str, limit: int, error: type[InvalidChatIdError]) -> str:
+    # One copy of the id rules. Cheap on the hot path: a type check, a length and, for
+    # ASCII text (nearly every id), no encoding at all.
+    if type(value) is not str:
+        raise error(f"{what} must be a str, got {type(value).__name__}")
+    if not value:
+        raise error(f"{what} must not be empty")
+    if len(value) > limit:
+        raise error(f"{what} is {len(value)} characters long; the limit is {limit}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise error(
+                f"{what} {describe_chat_id(value)} is not valid Unicode (lone surrogate)"
+            ) from None
+    return value
 
 
 def validate_chat_id(chat_id: object) -> str:
@@ -53,22 +91,50 @@ def validate_chat_id(chat_id: object) -> str:
     as a path or a query operator). Refused: non-str ids (a dict could become a MongoDB query
     operator), the empty string, lone surrogates (not encodable as UTF-8), overlong ids.
     """
-    if type(chat_id) is not str:
-        raise InvalidChatIdError(f"chat id must be a str, got {type(chat_id).__name__}")
-    if not chat_id:
-        raise InvalidChatIdError("chat id must not be empty")
-    if len(chat_id) > MAX_CHAT_ID_LENGTH:
-        raise InvalidChatIdError(
-            f"chat id is {len(chat_id)} characters long; the limit is {MAX_CHAT_ID_LENGTH}"
-        )
-    if not chat_id.isascii():
-        try:
-            chat_id.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidChatIdError(
-                f"chat id {describe_chat_id(chat_id)} is not valid Unicode (lone surrogate)"
-            ) from None
-    return chat_id
+    if type(chat_id) is str and chat_id.isascii() and 0 < len(chat_id) <= MAX_CHAT_ID_LENGTH:
+        return chat_id  # the hot path: one call, no encoding
+    return _validate_id(chat_id, "chat id", MAX_CHAT_ID_LENGTH, InvalidChatIdError)
+
+
+def validate_claim_key(key: object) -> str:
+    """Return ``key`` if it is a valid claim key (the rules of :func:`validate_chat_id`).
+
+    Raises InvalidClaimKeyError: a non-str key (``1``, ``b"x"``) must not alias its str form.
+    """
+    if type(key) is str and key.isascii() and 0 < len(key) <= MAX_CLAIM_KEY_LENGTH:
+        return key
+    return _validate_id(key, "claim key", MAX_CLAIM_KEY_LENGTH, InvalidClaimKeyError)
+
+
+def validate_state_id(state_id: object) -> str:
+    """Return ``state_id`` if it can be stored: a non-empty, valid-Unicode ``str`` of at most
+    :data:`MAX_STATE_ID_LENGTH` characters; else raise InvalidStateIdError."""
+    if type(state_id) is str and state_id.isascii() and 0 < len(state_id) <= MAX_STATE_ID_LENGTH:
+        return state_id
+    return _validate_id(state_id, "state id", MAX_STATE_ID_LENGTH, InvalidStateIdError)
+
+
+def validate_write(
+    chat_id: str, state_id: str, context: dict[str, Any], encoded: str | None = None
+) -> str:
+    """Check a write before it touches a store; return the context's JSON text.
+
+    Raises InvalidChatIdError, InvalidStateIdError or ContextSerializationError (original
+    chained). ``encoded``, when given, is the caller's own encoding of ``context`` (a turn
+    has it); it is still checked to be valid Unicode, the one thing a store cannot take.
+    """
+    validate_chat_id(chat_id)
+    validate_state_id(state_id)
+    try:
+        if encoded is None:
+            return encode_context(context)
+        if not encoded.isascii():
+            check_text(encoded)
+        return encoded
+    except (TypeError, ValueError) as exc:
+        raise ContextSerializationError(
+            f"the context cannot be stored as JSON: {exc}", chat_id=chat_id, state_id=state_id
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +206,19 @@ class TurnLease:
         self.close()
 
 
-def fingerprint(state_id: str, context: dict[str, Any]) -> int:
+def fingerprint(chat_id: str, state_id: str, context: dict[str, Any]) -> int:
     """The default version of a seed-only manager's record: a hash of its content."""
-    digest = hashlib.blake2b(
-        encode_context({"s": state_id, "c": context}).encode("utf-8"), digest_size=8
-    ).digest()
+    try:
+        text = encode_context(context)
+    except (TypeError, ValueError) as exc:
+        raise CorruptStateError(
+            f"the record of chat {describe_chat_id(chat_id)} holds a context that breaks "
+            f"the context rules: {exc}"
+        ) from exc
+    # A user's store may hand back any state id: its length in front keeps the split between
+    # state id and context unambiguous, and surrogatepass keeps a bad one from raising here.
+    payload = f"{len(state_id)}:{state_id}{text}"
+    digest = hashlib.blake2b(payload.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     # Never 0: 0 is the "no record" version.
     return (int.from_bytes(digest, "big") >> 1) or 1
 
@@ -174,11 +248,11 @@ class StateManager(ABC):
     # -- versioned records: defaults built on the seed methods -----------------------------
     def load(self, chat_id: str) -> StateRecord | None:
         """Return the chat's record, or ``None``. Its version is 0 only for "no record"."""
-        got = self.get_state(chat_id)
+        got = self.get_state(validate_chat_id(chat_id))
         if got is None:
             return None
         state_id, context = got
-        return StateRecord(state_id, context, fingerprint(state_id, context))
+        return StateRecord(state_id, context, fingerprint(chat_id, state_id, context))
 
     def save(
         self,
@@ -190,6 +264,7 @@ class StateManager(ABC):
         encoded: str | None = None,
     ) -> int:
         """Take the chat's lock and :meth:`compare_and_set`; returns the new version."""
+        encoded = validate_write(chat_id, state_id, context, encoded)
         with self.lock(chat_id):
             return self.compare_and_set(
                 chat_id, state_id, context, expected_version=expected_version, encoded=encoded
@@ -210,21 +285,22 @@ class StateManager(ABC):
         VersionConflictError otherwise. ``encoded`` is the context's JSON text when the
         caller already has it. Backends whose lock can expire make this one atomic operation.
         """
+        validate_write(chat_id, state_id, context, encoded)
         current = self.load(chat_id)
         self._check_version(chat_id, 0 if current is None else current.version, expected_version)
         self.set_state(chat_id, state_id, context)
-        return fingerprint(state_id, context)
+        return fingerprint(chat_id, state_id, context)
 
     def lock(self, chat_id: str) -> AbstractContextManager[None]:
         """Hold the chat's lock (default: process-local, per chat).
 
         Nothing here takes the lock while holding it, so an override need not be reentrant.
         """
-        return self._local_lock(chat_id)
+        return self._local_lock(validate_chat_id(chat_id))
 
     def begin_turn(self, chat_id: str) -> TurnLease:
         """Lock the chat and load its record; the orchestrator commits and closes the turn."""
-        return TurnLease(self, chat_id)
+        return TurnLease(self, validate_chat_id(chat_id))
 
     # -- once-only markers (inbound message ids) ---------------------------------------------
     def claim(self, key: str, ttl: float) -> bool:
@@ -233,19 +309,23 @@ class StateManager(ABC):
         Channels use it so a redelivered message runs at most once. Atomic across everything
         that shares the store in the built-in backends; this default is **process-local**.
         """
+        return self._claim_table().claim(validate_claim_key(key), ttl)
+
+    def release_claim(self, key: str) -> None:
+        """Forget ``key`` so it can be claimed again (no error if it is not claimed).
+
+        A channel calls it when a turn failed for a reason that is not the step's fault (the
+        chat stayed locked, the backend was down), so the redelivered message runs. This
+        default is **process-local**, like :meth:`claim`.
+        """
+        self._claim_table().release(validate_claim_key(key))
+
+    def _claim_table(self) -> ClaimTable:
+        # Created lazily: a user's subclass need not call super().__init__().
         table: ClaimTable | None = self.__dict__.get("_claims")
         if table is None:
             table = self.__dict__.setdefault("_claims", ClaimTable())
-        return table.claim(key, ttl)
-
-    # LEAD (h5-webhook): minimal default so the WhatsApp bot's 503-and-redeliver path is
-    # testable on this branch; the state-manager helpers add release_claim to every backend.
-    # Reconcile by keeping theirs.
-    def release_claim(self, key: str) -> None:
-        """Forget ``key`` so the next ``claim`` of it succeeds (a turn that must run again)."""
-        table: ClaimTable | None = self.__dict__.get("_claims")
-        if table is not None:
-            table.release(key)
+        return table
 
     # -- the async path: defaults for a sync manager -------------------------------------
     # Built-in managers override these with the same operations on an async driver; a

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chat_orchestrator._jsonctx import encode_context
+from chat_orchestrator._jsonctx import checked_context, load_json
 from chat_orchestrator.errors import (
     CorruptStateError,
     StateManagerError,
@@ -48,7 +48,13 @@ from chat_orchestrator.state_managers._file_io import (
     warn_if_exposed,
     write_all,
 )
-from chat_orchestrator.state_managers.base import RecordStateManager, StateRecord
+from chat_orchestrator.state_managers.base import (
+    RecordStateManager,
+    StateRecord,
+    validate_chat_id,
+    validate_claim_key,
+    validate_write,
+)
 
 __all__ = ["FileStateManager"]
 
@@ -99,7 +105,9 @@ class FileStateManager(RecordStateManager):
 
     # -- paths ------------------------------------------------------------------------------
     def _stem(self, chat_id: str) -> str:
-        return hashlib.sha256(chat_id.encode("utf-8")).hexdigest()
+        # Every public path to a file goes through here: validating the id here refuses
+        # non-str ids and lone surrogates before any file is opened.
+        return hashlib.sha256(validate_chat_id(chat_id).encode("utf-8")).hexdigest()
 
     def path_for(self, chat_id: str) -> Path:
         """The record file of ``chat_id`` (it may not exist)."""
@@ -107,7 +115,7 @@ class FileStateManager(RecordStateManager):
 
     # -- seed methods -----------------------------------------------------------------------
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
-        text = encode_context(context)
+        text = validate_write(chat_id, state_id, context)
         with self.lock(chat_id):
             current = self.load(chat_id)
             self._write(chat_id, state_id, text, 1 if current is None else current.version + 1)
@@ -151,7 +159,7 @@ class FileStateManager(RecordStateManager):
         expected_version: int,
         encoded: str | None = None,
     ) -> int:
-        text = encode_context(context) if encoded is None else encoded
+        text = validate_write(chat_id, state_id, context, encoded)
         # The flock is held, but a writer that ignores it (a person editing files, an old
         # process) could have replaced the file: re-read the version instead of trusting it.
         current = self.load(chat_id)
@@ -199,11 +207,11 @@ class FileStateManager(RecordStateManager):
     # -- once-only markers -----------------------------------------------------------------
     def claim(self, key: str, ttl: float) -> bool:
         """A marker file per key in ``state_dir/claims``, linked complete or not at all."""
-        return self._markers.claim(key, ttl)
+        return self._markers.claim(validate_claim_key(key), ttl)
 
     def release_claim(self, key: str) -> None:
         """Forget ``key``'s marker (no error if there is none): the next claim wins."""
-        self._markers.release(key)
+        self._markers.release(validate_claim_key(key))
 
     # -- writing ----------------------------------------------------------------------------
     def _write(self, chat_id: str, state_id: str, context_text: str, version: int) -> None:
@@ -296,8 +304,8 @@ def _exists(path: str | Path, dir_fd: int | None = None) -> bool:
 def _parse(chat_id: str, path: Path, raw: bytes) -> StateRecord:
     who = f"chat {describe_chat_id(chat_id)}"
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = load_json(raw)  # strict: NaN and over-deep nesting are ValueErrors here
+    except ValueError as exc:
         raise CorruptStateError(
             f"the record of {who} ({path.name}) is not valid JSON: {exc}"
         ) from exc
@@ -313,4 +321,8 @@ def _parse(chat_id: str, path: Path, raw: bytes) -> StateRecord:
         or not isinstance(context, dict)
     ):
         raise CorruptStateError(f"the record of {who} ({path.name}) has missing or bad fields")
+    try:
+        checked_context(context, raw, outer=1)  # the record's own braces are not the context's
+    except ValueError as exc:
+        raise CorruptStateError(f"the record of {who} ({path.name}) cannot be read: {exc}") from exc
     return StateRecord(state_id, context, version)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from chat_orchestrator._io import run_async
-from chat_orchestrator._jsonctx import decode_context, encode_context
+from chat_orchestrator._jsonctx import decode_context
+from chat_orchestrator.errors import CorruptStateError, describe_chat_id
 from chat_orchestrator.state_managers._locks import KeyedLock
 from chat_orchestrator.state_managers.async_base import AsyncTurnLease, local_turn, no_io
 from chat_orchestrator.state_managers.base import (
@@ -13,6 +14,7 @@ from chat_orchestrator.state_managers.base import (
     StateRecord,
     StateUpdate,
     validate_chat_id,
+    validate_write,
 )
 
 __all__ = ["InMemoryStateManager"]
@@ -32,20 +34,26 @@ class InMemoryStateManager(RecordStateManager):
 
     # Seed methods write unconditionally, but bump the version so a concurrent turn notices.
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
-        text = encode_context(context)
+        text = validate_write(chat_id, state_id, context)
         with self.lock(chat_id):
             old = self._records.get(chat_id)
             self._records[chat_id] = (state_id, text, 1 if old is None else old[2] + 1)
 
     def delete_state(self, chat_id: str) -> None:
-        with self.lock(chat_id):
+        with self.lock(chat_id):  # lock() validates the id
             self._records.pop(chat_id, None)
 
     def load(self, chat_id: str) -> StateRecord | None:
-        stored = self._records.get(chat_id)
+        stored = self._records.get(validate_chat_id(chat_id))
         if stored is None:
             return None
-        return StateRecord(stored[0], decode_context(stored[1]), stored[2])
+        try:
+            context = decode_context(stored[1])
+        except ValueError as exc:  # only through a write that bypassed validate_write
+            raise CorruptStateError(
+                f"the record of chat {describe_chat_id(chat_id)} cannot be read: {exc}"
+            ) from exc
+        return StateRecord(stored[0], context, stored[2])
 
     def compare_and_set(
         self,
@@ -56,7 +64,7 @@ class InMemoryStateManager(RecordStateManager):
         expected_version: int,
         encoded: str | None = None,
     ) -> int:
-        text = encode_context(context) if encoded is None else encoded
+        text = validate_write(chat_id, state_id, context, encoded)
         # The caller holds the chat's lock and every writer here takes it: check-then-set is safe.
         old = self._records.get(chat_id)
         found = 0 if old is None else old[2]
@@ -65,7 +73,7 @@ class InMemoryStateManager(RecordStateManager):
         return found + 1
 
     def lock(self, chat_id: str) -> _Held:
-        return _Held(self._locks, chat_id, self._lock_timeout)
+        return _Held(self._locks, validate_chat_id(chat_id), self._lock_timeout)
 
     # -- the async path: the same records and locks, awaited instead of waited for ------------
     async def begin_turn_async(self, chat_id: str) -> AsyncTurnLease:

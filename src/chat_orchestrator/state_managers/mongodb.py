@@ -32,7 +32,12 @@ from chat_orchestrator.state_managers._leased import (
     LeasedStateManager,
     check_lease_settings,
 )
-from chat_orchestrator.state_managers.base import StateRecord
+from chat_orchestrator.state_managers.base import (
+    StateRecord,
+    validate_chat_id,
+    validate_claim_key,
+    validate_write,
+)
 
 try:
     import pymongo
@@ -154,7 +159,7 @@ class MongoDBStateManager(LeasedStateManager):
 
     # -- seed methods -----------------------------------------------------------------------
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
-        text = encode_context(context)
+        text = validate_write(chat_id, state_id, context)
         update = {
             "$set": {"s": state_id, "c": text, "at": _utcnow()},
             "$inc": {"v": 1},
@@ -167,10 +172,12 @@ class MongoDBStateManager(LeasedStateManager):
         )
 
     def delete_state(self, chat_id: str) -> None:
+        validate_chat_id(chat_id)  # a dict here would be a query operator
         self._call("delete", chat_id, lambda: self._collection.delete_one({"_id": chat_id}))
 
     # -- versioned records ------------------------------------------------------------------
     def load(self, chat_id: str) -> StateRecord | None:
+        validate_chat_id(chat_id)
         doc = self._call(
             "read", chat_id, lambda: self._collection.find_one({"_id": chat_id}, _RECORD_FIELDS)
         )
@@ -223,6 +230,7 @@ class MongoDBStateManager(LeasedStateManager):
 
     def claim(self, key: str, ttl: float) -> bool:
         """A document per key in ``<collection>_claims``; the unique ``_id`` makes it atomic."""
+        validate_claim_key(key)  # a dict here would be a query operator
         claims = self._claims
         if not self._claims_indexed:
             # Each marker carries its own end (``exp``), so one TTL index of 0 s serves every
@@ -248,6 +256,7 @@ class MongoDBStateManager(LeasedStateManager):
 
     def release_claim(self, key: str) -> None:
         """Forget ``key``: the next ``claim`` of it succeeds (a turn that failed to run)."""
+        validate_claim_key(key)
         claims = self._claims
         self._call("release the claim of", key, lambda: claims.delete_one({"_id": key}))
 

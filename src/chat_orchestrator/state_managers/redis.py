@@ -52,7 +52,12 @@ from chat_orchestrator.state_managers._redis_scripts import (
     SET,
     Script,
 )
-from chat_orchestrator.state_managers.base import StateRecord
+from chat_orchestrator.state_managers.base import (
+    StateRecord,
+    validate_chat_id,
+    validate_claim_key,
+    validate_write,
+)
 
 try:
     import redis
@@ -250,14 +255,14 @@ class RedisStateManager(LeasedStateManager):
             return None
         try:
             return StateRecord(_text(s), decode_context(c), int(v))
-        except (AttributeError, ValueError, UnicodeDecodeError) as exc:
+        except (AttributeError, TypeError, ValueError) as exc:  # e.g. a hash without ``c``
             raise CorruptStateError(
                 f"the Redis record of chat {describe_chat_id(chat_id)} cannot be read: {exc}"
             ) from exc
 
     # -- seed methods -----------------------------------------------------------------------
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
-        text = encode_context(context)
+        text = validate_write(chat_id, state_id, context)
         record_key, _ = self.keys_for(chat_id)
         writer = new_token()
         self._call(
@@ -267,12 +272,12 @@ class RedisStateManager(LeasedStateManager):
         )
 
     def delete_state(self, chat_id: str) -> None:
-        record_key, _ = self.keys_for(chat_id)
+        record_key, _ = self.keys_for(validate_chat_id(chat_id))
         self._call("delete chat", chat_id, lambda: self._client.delete(record_key))
 
     # -- versioned records ------------------------------------------------------------------
     def load(self, chat_id: str) -> StateRecord | None:
-        record_key, _ = self.keys_for(chat_id)
+        record_key, _ = self.keys_for(validate_chat_id(chat_id))
         v, s, c = self._call(
             "read chat", chat_id, lambda: self._client.hmget(record_key, ["v", "s", "c"])
         )
@@ -305,14 +310,14 @@ class RedisStateManager(LeasedStateManager):
     # -- once-only markers -----------------------------------------------------------------
     def claim(self, key: str, ttl: float) -> bool:
         """``SET <marker> <token> NX PX ttl``: one key, one slot, atomic across workers."""
-        marker = (self._claim_key(key),)
+        marker = (self._claim_key(validate_claim_key(key)),)
         ttl_ms = max(1, int(ttl * 1000))
         token = new_token()  # a repeat after a lost reply finds its own token: still claimed
         return bool(self._call("claim", key, lambda: self._script(CLAIM, marker, token, ttl_ms)))
 
     def release_claim(self, key: str) -> None:
         """Forget a claim (the work it guarded did not happen), so the key may be claimed again."""
-        marker = self._claim_key(key)
+        marker = self._claim_key(validate_claim_key(key))
         self._call("release claim", key, lambda: self._client.delete(marker))
 
     # -- leases ---------------------------------------------------------------------------

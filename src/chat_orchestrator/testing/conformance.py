@@ -12,7 +12,11 @@ It runs Hypothesis property tests (``pip install "chat-orchestrator[testing]"``)
 * a rule-based state machine driving ``get_state``/``set_state``/``delete_state``/``load``/
   ``save`` (with current, stale and zero versions) and whole turns (``begin_turn`` ->
   ``commit``/``close``) over a small pool of awkward chat ids, against a plain dict model;
-* round trips of arbitrary JSON contexts and of arbitrary Unicode chat ids.
+* round trips of arbitrary JSON contexts and of arbitrary Unicode chat ids;
+* input rules (:func:`run_input_rules`): every public method refuses bad chat ids, claim
+  keys, state ids and contexts (NaN, tuples, non-str keys, lone surrogates, nesting deeper
+  than ``MAX_CONTEXT_DEPTH``) with an error of our tree, touching no other chat; claims
+  never alias (``1`` vs ``"1"``) and ``release_claim`` frees a key.
 
 Versions are compared as the manager reports them, so a manager with content-fingerprint
 versions (the default for the three seed methods) passes as well as a counting one.
@@ -28,6 +32,13 @@ from typing import Any
 from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import MissingDependencyError, VersionConflictError
 from chat_orchestrator.state_managers.base import MAX_CHAT_ID_LENGTH, StateManager, StateUpdate
+from chat_orchestrator.testing._input_rules import (
+    BAD_CHAT_IDS,
+    BAD_CONTEXTS,
+    BAD_STATE_IDS,
+    nested_context,
+    run_input_rules,
+)
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -42,10 +53,15 @@ except ImportError as exc:  # pragma: no cover - the kit needs hypothesis
     raise MissingDependencyError("hypothesis", "testing") from exc
 
 __all__ = [
+    "BAD_CHAT_IDS",
+    "BAD_CONTEXTS",
+    "BAD_STATE_IDS",
     "CHAT_ID_POOL",
     "chat_ids",
     "check_state_manager",
     "json_contexts",
+    "nested_context",
+    "run_input_rules",
     "run_json_round_trips",
     "run_rule_based",
 ]
@@ -237,7 +253,13 @@ def run_json_round_trips(factory: Callable[[], StateManager], *, max_examples: i
         manager.close()
 
 
-def check_state_manager(factory: Callable[[], StateManager], *, max_examples: int = 40) -> None:
-    """Run the whole kit; ``factory()`` must return a manager over an empty store each call."""
+def check_state_manager(
+    factory: Callable[[], StateManager], *, max_examples: int = 40, seed_methods: bool = True
+) -> None:
+    """Run the whole kit; ``factory()`` must return a manager over an empty store each call.
+
+    ``seed_methods=False``: see :func:`run_input_rules`.
+    """
+    run_input_rules(factory, seed_methods=seed_methods)
     run_rule_based(factory, max_examples=max_examples)
     run_json_round_trips(factory, max_examples=max_examples)
