@@ -174,7 +174,7 @@ def test_async_generator_state_is_refused() -> None:
             async def a(self, turn: T) -> AsyncIterator[str]:
                 yield "a"
 
-    assert problems_of(build) == ["state 'a' must be a def or async def (not a generator)"]
+    assert "state 'a' must be a def or async def (not a generator)" in problems_of(build)
 
 
 def test_name_clash_with_the_base_class() -> None:
