@@ -69,6 +69,23 @@ def planter(manager: StateManager) -> tuple[Callable[[str | None], None], Callab
             client.hset(record_key, mapping=fields)  # type: ignore[arg-type]
 
         return plant_redis, lambda: client.hgetall(record_key)
+    from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
+
+    if isinstance(manager, SQLiteStateManager):
+        import sqlite3
+
+        def plant_sqlite(text: str | None) -> None:
+            with sqlite3.connect(manager.path) as db:
+                db.execute(
+                    "INSERT INTO chats (id, state, context, version, updated) VALUES (?,?,?,1,0)",
+                    (CHAT, "s", text),
+                )
+
+        def raw_sqlite() -> Any:
+            with sqlite3.connect(manager.path) as db:
+                return db.execute("SELECT * FROM chats WHERE id = ?", (CHAT,)).fetchall()
+
+        return plant_sqlite, raw_sqlite
     assert isinstance(manager, MongoDBStateManager)
     collection = manager._collection
 

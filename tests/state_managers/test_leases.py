@@ -143,7 +143,8 @@ def test_abandoned_token_frees_the_chat_within_one_lease(
 ) -> None:
     cls, address = backend
     manager = build(cls, address, **scaled(cls))
-    acquired, _ = manager._try_acquire("c", new_token())  # taken, then never renewed nor freed
+    # Taken, then never renewed nor freed:
+    acquired, _ = manager._run(manager._acquire_op("c", new_token()))
     assert acquired
     counter_orchestrator(manager, RecordingSender()).handle_message("c", "tick")
     assert manager.get_state("c") == ("start", {"n": 1})
@@ -204,15 +205,15 @@ def test_renew_never_revives_a_lease_that_is_not_ours(
     cls, address = backend
     manager = build(cls, address, lock_lease=0.2, lock_timeout=5)
     first, second = new_token(), new_token()
-    assert manager._try_acquire("c", first)[0]
+    assert manager._run(manager._acquire_op("c", first))[0]
     assert manager._renew("c", first) is True
     time.sleep(0.3)
-    assert manager._try_acquire("c", second)[0]  # first expired: taken over
+    assert manager._run(manager._acquire_op("c", second))[0]  # first expired: taken over
     assert manager._renew("c", first) is False
     assert manager._renew("c", second) is True
-    manager._unlock("c", second)
+    manager._run(manager._unlock_op("c", second))
     assert manager._renew("c", second) is False  # dropped stays dropped
-    assert manager._try_acquire("c", new_token())[0]
+    assert manager._run(manager._acquire_op("c", new_token()))[0]
 
 
 def test_bad_lease_settings_are_refused(

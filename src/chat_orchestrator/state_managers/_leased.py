@@ -31,15 +31,18 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+from chat_orchestrator._io import Op, Sleep, run_async, run_sync
 from chat_orchestrator.errors import CorruptStateError, LockTimeoutError, describe_chat_id
+from chat_orchestrator.state_managers.async_base import AsyncTurnLease
 from chat_orchestrator.state_managers.base import (
     RecordStateManager,
     StateRecord,
     StateUpdate,
     TurnLease,
     validate_chat_id,
+    validate_claim_key,
     validate_write,
 )
 
@@ -52,6 +55,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: A dead holder's lease ends within this many seconds (a live one is renewed).
 DEFAULT_LOCK_LEASE = 10.0
@@ -202,42 +206,81 @@ renewer = _Renewer()
 
 
 class LeasedStateManager(RecordStateManager):
+    """A store whose every operation is written once, as a generator (``chat_orchestrator._io``).
+
+    A backend implements the operations below, each yielding its own commands (a Redis
+    command, a MongoDB call, a function to run on a file), plus the two I/O layers that
+    execute one command: :meth:`_execute` (blocking) and :meth:`_execute_async` (awaited).
+    This class validates every argument once, then runs the same operation for the sync
+    methods and for their ``..._async`` twins, so a sync and an async worker on one store
+    send the same scripts and queries and interoperate.
+    """
+
     _lock_timeout: float | None
     _lease_ms: int
     _address: str
 
+    # -- what a backend writes: operations ---------------------------------------------------
     @abstractmethod
-    def _try_acquire(self, chat_id: str, token: str) -> tuple[bool, StateRecord | None]:
+    def _acquire_op(self, chat_id: str, token: str) -> Op[tuple[bool, StateRecord | None]]:
         """``(True, record or None)`` if the lease was taken, ``(False, None)`` if busy."""
 
     @abstractmethod
-    def _write(
-        self,
-        chat_id: str,
-        token: str | None,
-        expected: int,
-        state_id: str,
-        context: dict[str, Any],
-        encoded: str | None,
-    ) -> int:
+    def _write_op(
+        self, chat_id: str, token: str | None, expected: int, state_id: str, text: str
+    ) -> Op[int]:
         """Conditional write; raises VersionConflictError. With a token, drops the lease."""
 
     @abstractmethod
-    def _unlock(self, chat_id: str, token: str) -> None:
+    def _unlock_op(self, chat_id: str, token: str) -> Op[None]:
         """Drop the lease if ``token`` still holds it."""
 
     @abstractmethod
-    def _renew(self, chat_id: str, token: str) -> bool:
+    def _renew_op(self, chat_id: str, token: str) -> Op[bool]:
         """Extend the lease by ``_lease_ms`` if ``token`` still holds it; False if it does not."""
 
-    def _acquire_and_load(self, chat_id: str, token: str) -> StateRecord | None:
+    @abstractmethod
+    def _load_op(self, chat_id: str) -> Op[StateRecord | None]: ...
+
+    @abstractmethod
+    def _set_op(self, chat_id: str, state_id: str, text: str) -> Op[None]:
+        """Unconditional write (the seed method) that still bumps the version."""
+
+    @abstractmethod
+    def _delete_op(self, chat_id: str) -> Op[None]: ...
+
+    @abstractmethod
+    def _claim_op(self, key: str, ttl: float) -> Op[bool]: ...
+
+    @abstractmethod
+    def _release_claim_op(self, key: str) -> Op[None]: ...
+
+    # -- what a backend writes: the two I/O layers ---------------------------------------------
+    @abstractmethod
+    def _execute(self, command: Any) -> Any:
+        """Run one command, blocking."""
+
+    @abstractmethod
+    async def _execute_async(self, command: Any) -> Any:
+        """Run one command on the running event loop."""
+
+    def _run(self, op: Op[T]) -> T:
+        return run_sync(op, self._execute)
+
+    async def _run_async(self, op: Op[T]) -> T:
+        return await run_async(op, self._execute_async)
+
+    # -- shared operations ----------------------------------------------------------------------
+    def _acquire_and_load_op(self, chat_id: str, token: str) -> Op[StateRecord | None]:
         deadline = None if self._lock_timeout is None else time.monotonic() + self._lock_timeout
         pause = 0.001
         while True:
             try:
-                acquired, record = self._try_acquire(chat_id, token)
+                acquired, record = yield from self._acquire_op(chat_id, token)
             except CorruptStateError:
-                self._unlock(chat_id, token)  # the lease was taken before the record was read
+                # The lease was taken, then the record failed to decode: give the lease back,
+                # or a repaired chat stays locked for a whole lease.
+                yield from self._unlock_op(chat_id, token)
                 raise
             if acquired:
                 return record
@@ -246,8 +289,33 @@ class LeasedStateManager(RecordStateManager):
                     f"chat {describe_chat_id(chat_id)} stayed locked for more than "
                     f"{self._lock_timeout} s (at {self._address})"
                 )
-            time.sleep(pause)
+            yield Sleep(pause)
             pause = min(pause * 2, 0.05)
+
+    def _save_op(self, chat_id: str, expected: int, state_id: str, text: str) -> Op[int]:
+        token = new_token()
+        yield from self._acquire_and_load_op(chat_id, token)
+        try:
+            return (yield from self._write_op(chat_id, token, expected, state_id, text))
+        except BaseException:
+            yield from self._unlock_op(chat_id, token)
+            raise
+
+    # -- the sync methods -----------------------------------------------------------------------
+    def load(self, chat_id: str) -> StateRecord | None:
+        return self._run(self._load_op(validate_chat_id(chat_id)))
+
+    def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
+        self._run(self._set_op(chat_id, state_id, validate_write(chat_id, state_id, context)))
+
+    def delete_state(self, chat_id: str) -> None:
+        self._run(self._delete_op(validate_chat_id(chat_id)))
+
+    def claim(self, key: str, ttl: float) -> bool:
+        return self._run(self._claim_op(validate_claim_key(key), ttl))
+
+    def release_claim(self, key: str) -> None:
+        self._run(self._release_claim_op(validate_claim_key(key)))
 
     def compare_and_set(
         self,
@@ -258,8 +326,8 @@ class LeasedStateManager(RecordStateManager):
         expected_version: int,
         encoded: str | None = None,
     ) -> int:
-        encoded = validate_write(chat_id, state_id, context, encoded)
-        return self._write(chat_id, None, expected_version, state_id, context, encoded)
+        text = validate_write(chat_id, state_id, context, encoded)
+        return self._run(self._write_op(chat_id, None, expected_version, state_id, text))
 
     def save(
         self,
@@ -270,60 +338,151 @@ class LeasedStateManager(RecordStateManager):
         expected_version: int,
         encoded: str | None = None,
     ) -> int:
-        encoded = validate_write(chat_id, state_id, context, encoded)
-        token = new_token()
-        self._acquire_and_load(chat_id, token)
-        try:
-            return self._write(chat_id, token, expected_version, state_id, context, encoded)
-        except BaseException:
-            self._unlock(chat_id, token)
-            raise
+        text = validate_write(chat_id, state_id, context, encoded)
+        return self._run(self._save_op(chat_id, expected_version, state_id, text))
 
     @contextmanager
     def lock(self, chat_id: str) -> Iterator[None]:
         validate_chat_id(chat_id)
         token = new_token()
-        self._acquire_and_load(chat_id, token)
+        self._run(self._acquire_and_load_op(chat_id, token))
         try:
             renewer.hold(self, chat_id, token)
             yield
         finally:
             renewer.drop(token)
-            self._unlock(chat_id, token)
+            self._run(self._unlock_op(chat_id, token))
 
     def begin_turn(self, chat_id: str) -> TurnLease:
-        return _LeasedTurn(self, validate_chat_id(chat_id))
+        validate_chat_id(chat_id)
+        token = new_token()
+        record = self._run(self._acquire_and_load_op(chat_id, token))
+        return _LeasedTurn(self, chat_id, token, record)
+
+    def _renew(self, chat_id: str, token: str) -> bool:
+        # The renewer thread renews async turns' leases too, through the blocking driver.
+        return self._run(self._renew_op(chat_id, token))
+
+    # -- the async methods: the same operations, awaited ----------------------------------------
+    async def load_async(self, chat_id: str) -> StateRecord | None:
+        return await self._run_async(self._load_op(validate_chat_id(chat_id)))
+
+    async def set_state_async(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
+        text = validate_write(chat_id, state_id, context)
+        await self._run_async(self._set_op(chat_id, state_id, text))
+
+    async def delete_state_async(self, chat_id: str) -> None:
+        await self._run_async(self._delete_op(validate_chat_id(chat_id)))
+
+    async def claim_async(self, key: str, ttl: float) -> bool:
+        return await self._run_async(self._claim_op(validate_claim_key(key), ttl))
+
+    async def release_claim_async(self, key: str) -> None:
+        await self._run_async(self._release_claim_op(validate_claim_key(key)))
+
+    async def compare_and_set_async(
+        self,
+        chat_id: str,
+        state_id: str,
+        context: dict[str, Any],
+        *,
+        expected_version: int,
+        encoded: str | None = None,
+    ) -> int:
+        text = validate_write(chat_id, state_id, context, encoded)
+        return await self._run_async(
+            self._write_op(chat_id, None, expected_version, state_id, text)
+        )
+
+    async def save_async(
+        self,
+        chat_id: str,
+        state_id: str,
+        context: dict[str, Any],
+        *,
+        expected_version: int,
+        encoded: str | None = None,
+    ) -> int:
+        text = validate_write(chat_id, state_id, context, encoded)
+        return await self._run_async(self._save_op(chat_id, expected_version, state_id, text))
+
+    async def begin_turn_async(self, chat_id: str) -> AsyncTurnLease:
+        validate_chat_id(chat_id)
+        token = new_token()
+        record = await self._run_async(self._acquire_and_load_op(chat_id, token))
+        return _AsyncLeasedTurn(self, chat_id, token, record)
 
 
-class _LeasedTurn(TurnLease):
+class _Lease:
+    """What both turn kinds share: the token, the renewal, the conditional write's op."""
+
+    _leased: LeasedStateManager
+    _token: str | None
+    chat_id: str
+    record: StateRecord | None
+
+    def _hold(self) -> None:
+        assert self._token is not None
+        try:
+            renewer.hold(self._leased, self.chat_id, self._token)  # a step may outlast a lease
+        except BaseException:  # no thread to renew with: give the lease back
+            self._leased._run(self._leased._unlock_op(self.chat_id, self._token))
+            raise
+
+    def _commit_op(self, update: StateUpdate) -> Op[int]:
+        token = self._token
+        assert token is not None, "this turn was already committed or closed"
+        expected = 0 if self.record is None else self.record.version
+        version = yield from self._leased._write_op(
+            self.chat_id, token, expected, update.state_id, update.context_json
+        )
+        self._token = None  # the write dropped the lease
+        renewer.drop(token)
+        return version
+
+    def _release(self) -> str | None:
+        token, self._token = self._token, None
+        if token is not None:
+            renewer.drop(token)
+        return token
+
+
+class _LeasedTurn(_Lease, TurnLease):
     """Lease + load in one round trip; conditional write + release in another."""
 
     __slots__ = ("_leased", "_token")
 
-    def __init__(self, manager: LeasedStateManager, chat_id: str) -> None:
+    def __init__(
+        self, manager: LeasedStateManager, chat_id: str, token: str, record: StateRecord | None
+    ) -> None:
         self._manager = self._leased = manager
-        self.chat_id = chat_id
+        self.chat_id, self._token, self.record = chat_id, token, record
         self._held = None
-        self._token: str | None = new_token()
-        self.record = manager._acquire_and_load(chat_id, self._token)
-        try:
-            renewer.hold(manager, chat_id, self._token)  # the step may outlast one lease
-        except BaseException:  # no thread to renew with: give the lease back
-            self.close()
-            raise
+        self._hold()
 
     def commit(self, update: StateUpdate) -> None:
-        token = self._token
-        assert token is not None
-        expected = 0 if self.record is None else self.record.version
-        self._leased._write(
-            self.chat_id, token, expected, update.state_id, update.context, update.context_json
-        )
-        self._token = None  # the write dropped the lease
-        renewer.drop(token)
+        self._leased._run(self._commit_op(update))
 
     def close(self) -> None:
-        token, self._token = self._token, None
+        token = self._release()
         if token is not None:
-            renewer.drop(token)
-            self._leased._unlock(self.chat_id, token)
+            self._leased._run(self._leased._unlock_op(self.chat_id, token))
+
+
+class _AsyncLeasedTurn(_Lease, AsyncTurnLease):
+    __slots__ = ("_leased", "_token")
+
+    def __init__(
+        self, manager: LeasedStateManager, chat_id: str, token: str, record: StateRecord | None
+    ) -> None:
+        self._leased = manager
+        self.chat_id, self._token, self.record = chat_id, token, record
+        self._hold()
+
+    async def commit(self, update: StateUpdate) -> None:
+        await self._leased._run_async(self._commit_op(update))
+
+    async def close(self) -> None:
+        token = self._release()
+        if token is not None:
+            await self._leased._run_async(self._leased._unlock_op(self.chat_id, token))

@@ -32,6 +32,7 @@ from chat_orchestrator.state_managers.base import (
     StateUpdate,
     fingerprint,
     validate_chat_id,
+    validate_claim_key,
 )
 
 if TYPE_CHECKING:
@@ -220,7 +221,12 @@ class AsyncStateManager(ABC):
         table: ClaimTable | None = self.__dict__.get("_claims")
         if table is None:
             table = self.__dict__.setdefault("_claims", ClaimTable())
-        return table.claim(key, ttl)
+        return table.claim(validate_claim_key(key), ttl)
+
+    async def release_claim_async(self, key: str) -> None:
+        table: ClaimTable | None = self.__dict__.get("_claims")
+        if table is not None:
+            table.release(validate_claim_key(key))
 
     def begin_turn(self, chat_id: str) -> TurnLease:
         raise StateManagerError(

@@ -356,6 +356,9 @@ class StateManager(ABC):
     async def claim_async(self, key: str, ttl: float) -> bool:
         return await asyncio.to_thread(self.claim, key, ttl)
 
+    async def release_claim_async(self, key: str) -> None:
+        await asyncio.to_thread(self.release_claim, key)
+
     async def close_async(self) -> None:
         await asyncio.to_thread(self.close)
 

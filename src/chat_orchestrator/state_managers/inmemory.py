@@ -104,6 +104,9 @@ class InMemoryStateManager(RecordStateManager):
     async def claim_async(self, key: str, ttl: float) -> bool:
         return self.claim(key, ttl)
 
+    async def release_claim_async(self, key: str) -> None:
+        self.release_claim(key)
+
     def __len__(self) -> int:
         return len(self._records)
 

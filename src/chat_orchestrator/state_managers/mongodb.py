@@ -29,14 +29,11 @@ from chat_orchestrator.errors import (
 from chat_orchestrator.state_managers._leased import (
     DEFAULT_LOCK_LEASE,
     DEFAULT_LOCK_TIMEOUT,
-    LeasedStateManager,
     check_lease_settings,
 )
+from chat_orchestrator.state_managers._primitive_ops import BlockingLeasedStateManager
 from chat_orchestrator.state_managers.base import (
     StateRecord,
-    validate_chat_id,
-    validate_claim_key,
-    validate_write,
 )
 
 try:
@@ -70,7 +67,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class MongoDBStateManager(LeasedStateManager):
+class MongoDBStateManager(BlockingLeasedStateManager):
     """State in a MongoDB collection for any number of worker processes.
 
     ``lock_lease`` (s, default 10): how long a dead worker's lease outlives it (measured with
@@ -158,8 +155,8 @@ class MongoDBStateManager(LeasedStateManager):
             ) from exc
 
     # -- seed methods -----------------------------------------------------------------------
-    def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
-        text = validate_write(chat_id, state_id, context)
+    # The base validated every argument before these run (a dict id would be a query operator).
+    def _set(self, chat_id: str, state_id: str, text: str) -> None:
         update = {
             "$set": {"s": state_id, "c": text, "at": _utcnow()},
             "$inc": {"v": 1},
@@ -171,13 +168,11 @@ class MongoDBStateManager(LeasedStateManager):
             lambda: self._collection.update_one({"_id": chat_id}, update, upsert=True),
         )
 
-    def delete_state(self, chat_id: str) -> None:
-        validate_chat_id(chat_id)  # a dict here would be a query operator
+    def _delete(self, chat_id: str) -> None:
         self._call("delete", chat_id, lambda: self._collection.delete_one({"_id": chat_id}))
 
     # -- versioned records ------------------------------------------------------------------
-    def load(self, chat_id: str) -> StateRecord | None:
-        validate_chat_id(chat_id)
+    def _load(self, chat_id: str) -> StateRecord | None:
         doc = self._call(
             "read", chat_id, lambda: self._collection.find_one({"_id": chat_id}, _RECORD_FIELDS)
         )
@@ -228,9 +223,8 @@ class MongoDBStateManager(LeasedStateManager):
     def _claims(self) -> Collection[dict[str, Any]]:
         return self._collection.database[f"{self._collection.name}_claims"]
 
-    def claim(self, key: str, ttl: float) -> bool:
+    def _claim(self, key: str, ttl: float) -> bool:
         """A document per key in ``<collection>_claims``; the unique ``_id`` makes it atomic."""
-        validate_claim_key(key)  # a dict here would be a query operator
         claims = self._claims
         if not self._claims_indexed:
             # Each marker carries its own end (``exp``), so one TTL index of 0 s serves every
@@ -254,9 +248,8 @@ class MongoDBStateManager(LeasedStateManager):
 
         return self._call("claim", key, insert)
 
-    def release_claim(self, key: str) -> None:
+    def _release_claim(self, key: str) -> None:
         """Forget ``key``: the next ``claim`` of it succeeds (a turn that failed to run)."""
-        validate_claim_key(key)
         claims = self._claims
         self._call("release the claim of", key, lambda: claims.delete_one({"_id": key}))
 

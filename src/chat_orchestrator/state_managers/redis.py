@@ -39,10 +39,10 @@ from chat_orchestrator.errors import (
 from chat_orchestrator.state_managers._leased import (
     DEFAULT_LOCK_LEASE,
     DEFAULT_LOCK_TIMEOUT,
-    LeasedStateManager,
     check_lease_settings,
     new_token,
 )
+from chat_orchestrator.state_managers._primitive_ops import BlockingLeasedStateManager
 from chat_orchestrator.state_managers._redis_scripts import (
     ACQUIRE_AND_LOAD,
     CLAIM,
@@ -54,9 +54,6 @@ from chat_orchestrator.state_managers._redis_scripts import (
 )
 from chat_orchestrator.state_managers.base import (
     StateRecord,
-    validate_chat_id,
-    validate_claim_key,
-    validate_write,
 )
 
 try:
@@ -115,7 +112,7 @@ def _new_client(options: dict[str, Any], socket_timeout: float) -> redis.Redis:
     return redis.Redis(**options, **settings)
 
 
-class RedisStateManager(LeasedStateManager):
+class RedisStateManager(BlockingLeasedStateManager):
     """State in Redis (standalone or Cluster) for any number of worker processes.
 
     ``lock_lease`` (s, default 10): how long a dead worker's lock outlives it; a live turn's
@@ -261,8 +258,8 @@ class RedisStateManager(LeasedStateManager):
             ) from exc
 
     # -- seed methods -----------------------------------------------------------------------
-    def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
-        text = validate_write(chat_id, state_id, context)
+    # The base validated every argument before these run (a dict id would be a query operator).
+    def _set(self, chat_id: str, state_id: str, text: str) -> None:
         record_key, _ = self.keys_for(chat_id)
         writer = new_token()
         self._call(
@@ -271,13 +268,13 @@ class RedisStateManager(LeasedStateManager):
             lambda: self._script(SET, (record_key,), state_id, text, self._ttl_ms, writer),
         )
 
-    def delete_state(self, chat_id: str) -> None:
-        record_key, _ = self.keys_for(validate_chat_id(chat_id))
+    def _delete(self, chat_id: str) -> None:
+        record_key, _ = self.keys_for(chat_id)
         self._call("delete chat", chat_id, lambda: self._client.delete(record_key))
 
     # -- versioned records ------------------------------------------------------------------
-    def load(self, chat_id: str) -> StateRecord | None:
-        record_key, _ = self.keys_for(validate_chat_id(chat_id))
+    def _load(self, chat_id: str) -> StateRecord | None:
+        record_key, _ = self.keys_for(chat_id)
         v, s, c = self._call(
             "read chat", chat_id, lambda: self._client.hmget(record_key, ["v", "s", "c"])
         )
@@ -308,16 +305,16 @@ class RedisStateManager(LeasedStateManager):
         return int(result)
 
     # -- once-only markers -----------------------------------------------------------------
-    def claim(self, key: str, ttl: float) -> bool:
+    def _claim(self, key: str, ttl: float) -> bool:
         """``SET <marker> <token> NX PX ttl``: one key, one slot, atomic across workers."""
-        marker = (self._claim_key(validate_claim_key(key)),)
+        marker = (self._claim_key(key),)
         ttl_ms = max(1, int(ttl * 1000))
         token = new_token()  # a repeat after a lost reply finds its own token: still claimed
         return bool(self._call("claim", key, lambda: self._script(CLAIM, marker, token, ttl_ms)))
 
-    def release_claim(self, key: str) -> None:
+    def _release_claim(self, key: str) -> None:
         """Forget a claim (the work it guarded did not happen), so the key may be claimed again."""
-        marker = self._claim_key(validate_claim_key(key))
+        marker = self._claim_key(key)
         self._call("release claim", key, lambda: self._client.delete(marker))
 
     # -- leases ---------------------------------------------------------------------------

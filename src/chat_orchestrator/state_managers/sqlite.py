@@ -31,9 +31,9 @@ from chat_orchestrator.state_managers import _sqlite_core as sql
 from chat_orchestrator.state_managers._leased import (
     DEFAULT_LOCK_LEASE,
     DEFAULT_LOCK_TIMEOUT,
-    LeasedStateManager,
     check_lease_settings,
 )
+from chat_orchestrator.state_managers._primitive_ops import BlockingLeasedStateManager
 from chat_orchestrator.state_managers.base import StateRecord, validate_chat_id
 
 __all__ = ["SQLiteStateManager"]
@@ -66,7 +66,7 @@ class _Connection:
         return self.db
 
 
-class SQLiteStateManager(LeasedStateManager):
+class SQLiteStateManager(BlockingLeasedStateManager):
     """State in one SQLite file, shared by the threads and processes of one machine.
 
     ``synchronous``: ``"FULL"`` (default, durable on power loss), ``"NORMAL"``, ``"OFF"`` or
@@ -175,9 +175,8 @@ class SQLiteStateManager(LeasedStateManager):
             raise error from exc
 
     # -- seed methods -----------------------------------------------------------------------
-    def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
-        validate_chat_id(chat_id)  # a lone surrogate would fail inside sqlite3's binding
-        text = encode_context(context)
+    # The base validated every argument (a lone surrogate would fail inside sqlite3's binding).
+    def _set(self, chat_id: str, state_id: str, text: str) -> None:
         params = (chat_id, state_id, text, _now_ms())
         self._call(
             "write chat",
@@ -185,8 +184,7 @@ class SQLiteStateManager(LeasedStateManager):
             chat_id,
         )
 
-    def delete_state(self, chat_id: str) -> None:
-        validate_chat_id(chat_id)
+    def _delete(self, chat_id: str) -> None:
         self._call(
             "delete chat",
             lambda: self._connection().at(self.synchronous).execute(sql.DELETE, (chat_id,)),
@@ -194,8 +192,7 @@ class SQLiteStateManager(LeasedStateManager):
         )
 
     # -- versioned records ------------------------------------------------------------------
-    def load(self, chat_id: str) -> StateRecord | None:
-        validate_chat_id(chat_id)
+    def _load(self, chat_id: str) -> StateRecord | None:
         row = self._call(
             "read chat",
             lambda: self._connection().db.execute(sql.LOAD, (chat_id,)).fetchone(),
@@ -261,7 +258,7 @@ class SQLiteStateManager(LeasedStateManager):
         return changed == 1
 
     # -- once-only markers ------------------------------------------------------------------
-    def claim(self, key: str, ttl: float) -> bool:
+    def _claim(self, key: str, ttl: float) -> bool:
         """A row per key in ``claims``; the primary key makes it atomic across processes.
 
         Expired claims are swept every few hundred claims, so the table stays small.
@@ -281,7 +278,7 @@ class SQLiteStateManager(LeasedStateManager):
 
         return self._call(f"claim key {key!r}", take)
 
-    def release_claim(self, key: str) -> None:
+    def _release_claim(self, key: str) -> None:
         """Forget ``key``'s claim (a turn that failed may run again on redelivery)."""
         self._call(
             f"release key {key!r}",
