@@ -222,9 +222,13 @@ class Flow(Conversation[Ctx]):
 """
 
 
-def test_mypy_catches_an_undeclared_target_and_a_mistyped_context(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["def", "async def"])
+def test_mypy_catches_an_undeclared_target_and_a_mistyped_context(
+    tmp_path: Path, kind: str
+) -> None:
     bad = tmp_path / "bad_flow.py"
-    bad.write_text(MYPY_BAD)
+    # The same checks hold for async states: mypy sees the Literal return of the coroutine.
+    bad.write_text(MYPY_BAD.replace("    def start(", f"    {kind} start("))
     result = run_python(
         f"import sys; from mypy import api; out = api.run(['--strict', {str(bad)!r}]); "
         "print(out[0]); sys.exit(out[2])",

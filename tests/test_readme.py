@@ -91,3 +91,10 @@ def test_readme_tester_example_runs_with_several_chats(tmp_path: Path) -> None:
     assert "state_manager=tester.state_manager" in code
     result = run_python(code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_readme_async_example_runs_as_written(tmp_path: Path) -> None:
+    code = readme_block("<!-- async-example -->")
+    assert "handle_message_async" in code
+    result = run_python(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr

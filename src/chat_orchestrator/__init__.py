@@ -41,18 +41,23 @@ from chat_orchestrator.errors import (
     WhatsAppAPIError,
 )
 from chat_orchestrator.orchestrator import (
+    AsyncStepFunction,
+    AsyncTypedStepFunction,
     ChatOrchestrator,
     StepFunction,
     StepResult,
     TypedStepFunction,
 )
-from chat_orchestrator.senders import ConsoleMessageSender, MessageSender
+from chat_orchestrator.senders import AsyncMessageSender, ConsoleMessageSender, MessageSender
 from chat_orchestrator.state_managers import (
+    AsyncStateManager,
+    AsyncTurnLease,
     FileStateManager,
     InMemoryStateManager,
     RecordStateManager,
     StateManager,
     StateRecord,
+    StateUpdate,
     TurnLease,
 )
 from chat_orchestrator.testing import ConversationTester, RecordingSender, SentMessage
@@ -77,6 +82,11 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncMessageSender",
+    "AsyncStateManager",
+    "AsyncStepFunction",
+    "AsyncTurnLease",
+    "AsyncTypedStepFunction",
     "ChatOrchestrator",
     "ChatOrchestratorError",
     "ConsoleMessageSender",
@@ -107,6 +117,7 @@ __all__ = [
     "StateManagerError",
     "StateManagerUnavailableError",
     "StateRecord",
+    "StateUpdate",
     "StepError",
     "StepFunction",
     "StepResult",

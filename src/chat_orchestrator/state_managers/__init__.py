@@ -8,10 +8,12 @@ that first use raises MissingDependencyError naming the extra.
 from typing import TYPE_CHECKING
 
 from chat_orchestrator._lazy import lazy_attributes
+from chat_orchestrator.state_managers.async_base import AsyncStateManager, AsyncTurnLease
 from chat_orchestrator.state_managers.base import (
     RecordStateManager,
     StateManager,
     StateRecord,
+    StateUpdate,
     TurnLease,
 )
 from chat_orchestrator.state_managers.file import FileStateManager
@@ -22,11 +24,14 @@ if TYPE_CHECKING:
     from chat_orchestrator.state_managers.redis import RedisStateManager as RedisStateManager
 
 __all__ = [
+    "AsyncStateManager",
+    "AsyncTurnLease",
     "FileStateManager",
     "InMemoryStateManager",
     "RecordStateManager",
     "StateManager",
     "StateRecord",
+    "StateUpdate",
     "TurnLease",
 ]
 
