@@ -85,7 +85,7 @@ class Schema:
             )
         if model is not None:
             for name, field in model.model_fields.items():
-                if VERSION_KEY in {name, field.alias, field.validation_alias}:
+                if VERSION_KEY in (name, field.alias, field.validation_alias):
                     problems.append(
                         f"context field {name!r} uses the reserved key {VERSION_KEY!r} "
                         "(it holds the record's schema version)"
