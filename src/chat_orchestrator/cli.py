@@ -24,6 +24,7 @@ from typing import Any, TextIO, TypeAlias
 
 from chat_orchestrator.conversation import Conversation
 from chat_orchestrator.errors import ChatOrchestratorError, InvalidChatIdError
+from chat_orchestrator.migrate import add_migrate_command
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.senders.console import (
     ConsoleMessage,
@@ -268,10 +269,16 @@ def _parser() -> argparse.ArgumentParser:
     graph = commands.add_parser("graph", help="print the flow's Mermaid state diagram")
     graph.add_argument("target", help="file.py:name or module:name")
     graph.add_argument("-o", "--output", metavar="FILE", help="write the diagram to FILE")
+    chats = commands.add_parser("chats", help="operate on the chats of a store")
+    chat_commands = chats.add_subparsers(dest="chats_command", required=True)
+    add_migrate_command(chat_commands)
     return parser
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    handler = getattr(args, "handler", None)  # subcommands defined in their own modules
+    if handler is not None:
+        return int(handler(args))
     if args.command == "graph":
         # Whatever the target module prints on import goes to stderr, not into the diagram.
         with contextlib.redirect_stdout(sys.stderr):

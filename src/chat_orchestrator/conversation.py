@@ -20,6 +20,12 @@ annotation (mypy then checks the body) or as ``@state(to=[...])``. The class sta
 validates the flow and raises one ConversationDefinitionError listing every problem. At run
 time the conversation is a :class:`~chat_orchestrator.orchestrator.ChatOrchestrator` whose
 steps load the stored JSON into the context model and dump it back after the method.
+
+A flow that changes after deployment declares ``schema_version`` and ``migrations`` (one
+function per version step, on the raw JSON dict; see ``chat_orchestrator._migrations`` for
+why) and ``renamed_states``; old records are migrated as they are loaded, stored migrated by
+the next turn, and :meth:`Conversation.upgrade_record` migrates one eagerly (the
+``chat-orchestrator chats migrate`` command runs it over a whole store).
 """
 
 from __future__ import annotations
@@ -27,18 +33,18 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticSerializationError
 
 from chat_orchestrator._machine import FlowSpec, StateSpec, check_flow, mermaid
+from chat_orchestrator._migrations import Migration, Schema, check_aliases
 from chat_orchestrator.errors import (
-    ContextSerializationError,
     ContextValidationError,
     ConversationDefinitionError,
+    UnknownStateError,
 )
 from chat_orchestrator.orchestrator import (
     AsyncTypedStepFunction,
@@ -48,7 +54,12 @@ from chat_orchestrator.orchestrator import (
 from chat_orchestrator.senders._views import AnySender
 from chat_orchestrator.senders.base import AsyncMessageSender, MessageSender
 from chat_orchestrator.state_managers.async_base import AsyncStateManager, require_sync
-from chat_orchestrator.state_managers.base import StateManager, StateRecord, validate_chat_id
+from chat_orchestrator.state_managers.base import (
+    StateManager,
+    StateRecord,
+    StateUpdate,
+    validate_chat_id,
+)
 
 __all__ = ["Conversation", "Turn", "state"]
 
@@ -125,11 +136,26 @@ class Conversation(Generic[C]):
     """Base class of class-API flows. Subclass as ``Conversation[YourContextModel]``.
 
     Pass ``abstract=True`` in the class statement for an intermediate base with no states.
+
+    After deployment, a flow evolves with three class attributes, all checked by the class
+    statement:
+
+    * ``schema_version``: the version of the context model (default 1). Stored contexts
+      carry it under a reserved JSON key the model never sees; a record without it is 1.
+    * ``migrations``: ``{N: function}``, one per version step: ``function`` takes the raw
+      stored context dict of version N (a copy) and returns the dict of version N+1. Every
+      step from 1 to ``schema_version - 1`` is required.
+    * ``renamed_states``: ``{"old": "new"}`` for states renamed or removed: a chat stored in
+      ``old`` continues in ``new``. ``new`` must be a state and ``old`` must not be one.
     """
 
     context_type: ClassVar[type[BaseModel]]
     initial_state: ClassVar[str]
     flow: ClassVar[FlowSpec]
+    schema_version: ClassVar[int] = 1
+    migrations: ClassVar[Mapping[int, Migration]] = {}
+    renamed_states: ClassVar[Mapping[str, str]] = {}
+    _schema: ClassVar[Schema]
 
     def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -147,21 +173,26 @@ class Conversation(Generic[C]):
             and callable(getattr(cls, name, None))
         }
         problems.extend(check_flow(flow, not_states=plain_methods))
+        problems.extend(Schema.check(context_type, cls.schema_version, cls.migrations))
+        problems.extend(check_aliases(cls.renamed_states, specs))
         if problems:
             raise ConversationDefinitionError(cls.__qualname__, problems)
         assert context_type is not None
         cls.context_type = context_type
         cls.flow = flow
+        cls._schema = Schema(context_type, cls.schema_version, cls.migrations)
         cls.initial_state = next(name for name, spec in specs.items() if spec.initial)
 
     def __init__(self, state_manager: StateManager | AsyncStateManager, sender: AnySender) -> None:
         cls = type(self)
         if not hasattr(cls, "flow"):
             raise TypeError(f"{cls.__qualname__} is abstract: it has no validated states")
-        self.orchestrator = ChatOrchestrator(state_manager, sender, cls.initial_state)
+        self.orchestrator = ChatOrchestrator(
+            state_manager, sender, cls.initial_state, state_aliases=cls.renamed_states
+        )
         for name, spec in cls.flow.states.items():
             targets = {name} if spec.final else spec.targets
-            step = _make_step(name, getattr(self, name), cls.context_type)
+            step = _make_step(name, getattr(self, name), cls._schema)
             self.orchestrator.add_typed_step(name, step, to=targets)
 
     def handle_message(self, chat_id: str, user_input: str | None) -> str:
@@ -182,12 +213,13 @@ class Conversation(Generic[C]):
         return self._context(chat_id, await manager.load_async(validate_chat_id(chat_id)))
 
     def state_of(self, chat_id: str) -> str | None:
+        """The chat's state in this flow (a renamed stored state reads as its new name)."""
         record = require_sync(self.orchestrator.state_manager).load(validate_chat_id(chat_id))
-        return None if record is None else record.state_id
+        return None if record is None else type(self)._current_state(record.state_id)
 
     async def state_of_async(self, chat_id: str) -> str | None:
         record = await self.orchestrator.state_manager.load_async(validate_chat_id(chat_id))
-        return None if record is None else record.state_id
+        return None if record is None else type(self)._current_state(record.state_id)
 
     def reset(self, chat_id: str) -> None:
         self.orchestrator.reset(chat_id)
@@ -198,7 +230,41 @@ class Conversation(Generic[C]):
     def _context(self, chat_id: str, record: StateRecord | None) -> C | None:
         if record is None:
             return None
-        return _load_context(self._model(), record.context, chat_id, record.state_id)
+        state_id = type(self)._current_state(record.state_id)
+        return typing.cast("C", self._schema.load(record.context, chat_id, state_id))
+
+    @classmethod
+    def _current_state(cls, stored: str) -> str:
+        # The class statement made sure no alias key is a state, as the engine assumes.
+        return cls.renamed_states.get(stored, stored)
+
+    @classmethod
+    def upgrade_record(cls, record: StateRecord, *, chat_id: str = "?") -> StateUpdate | None:
+        """What ``record`` becomes under this flow, or None when it is already current.
+
+        Pure: nothing is read or written, ``record`` is not changed. The update carries the
+        migrated context (stamped with ``schema_version``) and the renamed state; store it
+        conditionally on ``record.version``. Raises ContextValidationError when the context
+        cannot be migrated (a migration raised, or its result does not validate) and
+        UnknownStateError when the stored state is neither a state nor a renamed one.
+        ``chat_id`` only names the chat in those errors.
+        """
+        if not hasattr(cls, "flow"):
+            raise TypeError(f"{cls.__qualname__} is abstract: it has no validated states")
+        schema = cls._schema
+        state_id = cls._current_state(record.state_id)
+        if state_id not in cls.flow.states:
+            raise UnknownStateError(
+                f"the stored state {record.state_id!r} is not a state of {cls.__qualname__} "
+                "(map it in renamed_states)",
+                chat_id=chat_id,
+                state_id=record.state_id,
+            )
+        found = schema.stored_version(record.context, chat_id, state_id)
+        if found == schema.version and state_id == record.state_id:
+            return None
+        context = schema.load(record.context, chat_id, state_id)
+        return StateUpdate(state_id, *schema.dump(context, chat_id, state_id))
 
     @classmethod
     def mermaid(cls) -> str:
@@ -209,24 +275,14 @@ class Conversation(Generic[C]):
         return typing.cast("type[C]", type(self).context_type)
 
 
-def _load_context(model: type[C], data: dict[str, Any], chat_id: str, state_id: str) -> C:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ContextValidationError(
-            f"the stored context does not fit {model.__name__}: {exc}",
-            chat_id=chat_id,
-            state_id=state_id,
-        ) from exc
-
-
 def _make_step(
-    name: str, method: Callable[[Any], Any], model: type[BaseModel]
+    name: str, method: Callable[[Any], Any], schema: Schema
 ) -> TypedStepFunction | AsyncTypedStepFunction:
-    """The engine step running ``method``: JSON dict -> model -> method -> JSON text.
+    """The engine step running ``method``: JSON dict -> migrated -> model -> method -> JSON.
 
     An ``async def`` method gets an async step; both share the loading and the checks.
     """
+    model = schema.model
     if inspect.iscoroutinefunction(method):
 
         async def async_step(
@@ -235,14 +291,14 @@ def _make_step(
             context: dict[str, Any],
             sender: AsyncMessageSender,
         ) -> tuple[str, dict[str, Any], str]:
-            turn = _begin(name, model, chat_id, user_input, context, sender)
+            turn = _begin(name, schema, chat_id, user_input, context, sender)
             try:
                 next_state = await method(turn)
             except ValidationError as exc:
                 if exc.title != model.__name__:
                     raise  # the step's own validation failed: a StepError
                 raise _context_invalid(exc, chat_id, name) from exc
-            return _complete(name, model, turn, next_state)
+            return _complete(name, schema, turn, next_state)
 
         async_step.__name__ = async_step.__qualname__ = name
         return async_step
@@ -250,14 +306,14 @@ def _make_step(
     def step(
         chat_id: str, user_input: str | None, context: dict[str, Any], sender: MessageSender
     ) -> tuple[str, dict[str, Any], str]:
-        turn = _begin(name, model, chat_id, user_input, context, sender)
+        turn = _begin(name, schema, chat_id, user_input, context, sender)
         try:
             next_state = method(turn)
         except ValidationError as exc:
             if exc.title != model.__name__:
                 raise  # the step's own validation failed: a StepError
             raise _context_invalid(exc, chat_id, name) from exc
-        return _complete(name, model, turn, next_state)
+        return _complete(name, schema, turn, next_state)
 
     step.__name__ = step.__qualname__ = name
     return step
@@ -265,13 +321,13 @@ def _make_step(
 
 def _begin(
     name: str,
-    model: type[BaseModel],
+    schema: Schema,
     chat_id: str,
     user_input: str | None,
     context: dict[str, Any],
     sender: MessageSender | AsyncMessageSender,
 ) -> Turn[Any]:
-    return Turn(chat_id, user_input, _load_context(model, context, chat_id, name), name, sender)
+    return Turn(chat_id, user_input, schema.load(context, chat_id, name), name, sender)
 
 
 def _context_invalid(exc: ValidationError, chat_id: str, name: str) -> ContextValidationError:
@@ -281,34 +337,18 @@ def _context_invalid(exc: ValidationError, chat_id: str, name: str) -> ContextVa
 
 
 def _complete(
-    name: str, model: type[BaseModel], turn: Turn[Any], next_state: object
+    name: str, schema: Schema, turn: Turn[Any], next_state: object
 ) -> tuple[str, dict[str, Any], str]:
     chat_id = turn.chat_id
     new_context = turn.context
+    model = schema.model
     if type(new_context) is not model:
         raise ContextValidationError(
             f"the context must be a {model.__name__}, got {type(new_context).__name__}",
             chat_id=chat_id,
             state_id=name,
         )
-    try:
-        encoded = new_context.model_dump_json(warnings=False)
-        # Without validate_assignment a field can hold anything; refuse to store what
-        # would not load back into the model next turn.
-        stored = model.model_validate_json(encoded)
-    except PydanticSerializationError as exc:  # lone surrogate, nesting too deep...
-        raise ContextSerializationError(
-            f"the context cannot be stored as JSON: {exc}", chat_id=chat_id, state_id=name
-        ) from exc
-    except ValidationError as exc:
-        raise ContextValidationError(
-            f"the context would not load back into {model.__name__}: {exc}",
-            chat_id=chat_id,
-            state_id=name,
-        ) from exc
-    # The dict (for managers that store dicts) comes from what was encoded, so every
-    # backend stores the same thing (pydantic's JSON turns NaN into null, for one).
-    return next_state, stored.model_dump(mode="json"), encoded  # type: ignore[return-value]
+    return (next_state, *schema.dump(new_context, chat_id, name))  # type: ignore[return-value]
 
 
 # -- collection at class creation -------------------------------------------------------------

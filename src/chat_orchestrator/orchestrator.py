@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
 from chat_orchestrator._jsonctx import check_encoded, encode_context
 from chat_orchestrator._machine import FlowSpec, StateSpec, check_flow, mermaid
+from chat_orchestrator._migrations import check_aliases
 from chat_orchestrator.errors import (
     ChatOrchestratorError,
     ContextSerializationError,
@@ -90,6 +91,12 @@ class ChatOrchestrator:
     ``state_manager`` may be sync or async (an :class:`AsyncStateManager` serves only
     :meth:`handle_message_async`); ``sender`` may be sync or async: each step gets the face
     of it that it can call.
+
+    ``state_aliases`` maps states that no longer exist to the states that replaced them
+    (``{"old": "new"}``): a chat stored in ``old`` runs ``new``'s step, and its next turn
+    stores whatever state that step returns. An alias applies only to a stored state with no
+    registered step, so it never redirects a live state; :meth:`validate` reports aliases
+    whose key is still a state or whose target is not.
     """
 
     def __init__(
@@ -97,9 +104,17 @@ class ChatOrchestrator:
         state_manager: StateManager | AsyncStateManager,
         sender: AnySender,
         initial_state: str = "start",
+        *,
+        state_aliases: Mapping[str, str] | None = None,
     ) -> None:
         self.state_manager = state_manager
         self.initial_state = initial_state
+        aliases = {} if state_aliases is None else state_aliases
+        if not isinstance(aliases, Mapping) or not all(
+            isinstance(old, str) and isinstance(new, str) for old, new in aliases.items()
+        ):
+            raise TypeError("state_aliases must be a mapping of str (old state) to str (new)")
+        self.state_aliases: Mapping[str, str] = dict(aliases)
         self._steps: dict[str, _Step] = {}
         self.sender = sender
 
@@ -260,6 +275,9 @@ class ChatOrchestrator:
         else:
             state_id, context = record.state_id, record.context
         step = self._steps.get(state_id)
+        if step is None and record is not None and state_id in self.state_aliases:
+            state_id = self.state_aliases[state_id]
+            step = self._steps.get(state_id)
         if step is None:
             where = "the initial state" if record is None else "the stored state"
             raise UnknownStateError(
@@ -335,6 +353,7 @@ class ChatOrchestrator:
             problem = f"the initial state {self.initial_state!r} has no registered step"
             raise ConversationDefinitionError("orchestrator", [problem])
         problems = check_flow(self.flow_spec())
+        problems.extend(check_aliases(self.state_aliases, set(self._steps)))
         if problems:
             raise ConversationDefinitionError("orchestrator", problems)
 
