@@ -52,7 +52,7 @@ class WhatsAppASGI:
 
     ``body_timeout``: a client that stops sending mid-body is answered 408 after this many
     seconds, rather than holding a task for ever (ASGI servers set no such limit themselves).
-    Runs on asyncio (uvicorn, hypercorn's asyncio worker).
+    Runs on asyncio (uvicorn; FastAPI or Starlette mount it).
     """
 
     def __init__(self, bot: WhatsAppBot, *, body_timeout: float = BODY_TIMEOUT) -> None:
