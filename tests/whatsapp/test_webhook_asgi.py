@@ -19,7 +19,13 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from chat_orchestrator.channels import StatusEvent, WhatsAppBot, WhatsAppWebhook, inbound_message
+from chat_orchestrator.channels import (
+    StatusEvent,
+    WhatsAppBot,
+    WhatsAppWebhook,
+    inbound_message,
+    parse_payload,
+)
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.senders.base import AsyncMessageSender
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
@@ -167,6 +173,21 @@ def test_an_async_on_status_is_awaited_once_per_status() -> None:
     for _ in range(2):
         assert asyncio.run(call(bot, "POST", body)) == (200, b"OK")
     assert [s.status for s in seen] == ["delivered"]
+
+
+def test_an_async_on_status_runs_on_the_wsgi_path_too() -> None:
+    bot, _ = echo_bot()
+    seen: list[str] = []
+
+    async def on_status(status: StatusEvent) -> None:
+        await asyncio.sleep(0)
+        seen.append(status.status)
+
+    bot.on_status = on_status
+    batch = parse_payload(fixture("status_delivered.json"))
+    assert bot.handle(batch) == (200, "OK")
+    assert bot.handle(batch) == (200, "OK")
+    assert seen == ["delivered"]
 
 
 class Receiver:
