@@ -1,4 +1,8 @@
-"""WhatsApp fixtures: the Graph API stand-in, and a WSGI app served over real HTTP."""
+"""WhatsApp fixtures: the Graph API stand-in, and the bot served over real HTTP.
+
+``serve`` runs every test that takes it twice: the WSGI app on the stdlib wsgiref server, and
+``bot.asgi`` on a real uvicorn server; both on 127.0.0.1 with real sockets.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import pytest
 import requests
 
 from chat_orchestrator.channels import WhatsAppBot
+from tests.whatsapp.asgi_server import UvicornThread
 from tests.whatsapp.graph_standin import GraphStandIn
 
 APP_SECRET = "test_app_secret"  # the fixtures' signatures are made with this secret
@@ -44,6 +49,7 @@ class _Quiet(WSGIRequestHandler):
 class Served:
     url: str
     session: requests.Session
+    kind: str = "wsgi"
 
     def post(self, body: bytes, signature: str | None = "auto") -> requests.Response:
         headers = {"Content-Type": "application/json"}
@@ -54,18 +60,25 @@ class Served:
         return self.session.post(self.url, data=body, headers=headers, timeout=10)
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[[WhatsAppBot], Served]]:
-    """Serve a WhatsAppBot with the stdlib wsgiref server on 127.0.0.1 in a thread."""
-    servers: list[WSGIServer] = []
+@pytest.fixture(params=["wsgi", "asgi"])
+def serve(request: pytest.FixtureRequest) -> Iterator[Callable[[WhatsAppBot], Served]]:
+    """Serve a WhatsAppBot on 127.0.0.1 in a thread: wsgiref (WSGI) or uvicorn (``bot.asgi``)."""
+    kind: str = request.param
+    stops: list[Callable[[], None]] = []
 
     def start(app: WhatsAppBot) -> Served:
-        server = make_server("127.0.0.1", 0, app, ThreadingWSGIServer, handler_class=_Quiet)
-        servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return Served(f"http://127.0.0.1:{server.server_port}/webhook", requests.Session())
+        if kind == "asgi":
+            uvicorn_thread = UvicornThread(app.asgi).start()
+            stops.append(uvicorn_thread.stop)
+            port = uvicorn_thread.port
+        else:
+            server = make_server("127.0.0.1", 0, app, ThreadingWSGIServer, handler_class=_Quiet)
+            stops.append(server.shutdown)
+            stops.append(server.server_close)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            port = server.server_port
+        return Served(f"http://127.0.0.1:{port}/webhook", requests.Session(), kind)
 
     yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    for stop in stops:
+        stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -242,7 +243,8 @@ def test_messages_for_another_business_number_are_skipped(serve: Serve) -> None:
     assert sender.sent == []
 
 
-def test_one_chats_messages_run_in_timestamp_order() -> None:
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_one_chats_messages_run_in_timestamp_order(driver: str) -> None:
     payload = fixture("batch_two_messages.json")
     messages = payload["entry"][0]["changes"][0]["value"]["messages"]
     for message, (stamp, body) in zip(
@@ -250,7 +252,9 @@ def test_one_chats_messages_run_in_timestamp_order() -> None:
     ):
         message.update({"from": "15550002222", "timestamp": stamp, "text": {"body": body}})
     bot, sender = echo_bot()
-    assert bot.handle(parse_payload(payload)) == (200, "OK")
+    batch = parse_payload(payload)
+    answer = bot.handle(batch) if driver == "sync" else asyncio.run(bot.handle_async(batch))
+    assert answer == (200, "OK")
     assert sender.texts() == ["text|first|None", "text|second|None"]
 
 

@@ -6,6 +6,7 @@ from chat_orchestrator.channels.whatsapp_app import (
     claim_key,
     inbound_message,
 )
+from chat_orchestrator.channels.whatsapp_asgi import WhatsAppASGI
 from chat_orchestrator.channels.whatsapp_events import (
     InboundMessage,
     Location,
@@ -29,6 +30,7 @@ __all__ = [
     "TurnFailure",
     "WebhookBatch",
     "WebhookErrorDetail",
+    "WhatsAppASGI",
     "WhatsAppBot",
     "WhatsAppWebhook",
     "claim_key",

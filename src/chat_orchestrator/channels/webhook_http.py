@@ -1,9 +1,10 @@
 """HTTP decisions for a webhook endpoint, free of any server framework.
 
-WSGI (``WhatsAppBot.__call__``) and any later ASGI glue ask the same questions here: is the
-method allowed, how many body bytes may be read (never more than the limit), and what the
-answer looks like. Every refusal is a WebhookError carrying its HTTP status, so a hostile
-request gets a clean 4xx and never an exception escaping the app (a 500 Meta retries for days).
+WSGI (``WhatsAppBot.__call__``) and ASGI (``WhatsAppASGI``) ask the same questions here: is
+the method allowed, how many body bytes may be read (never more than the limit), is the body
+complete, and what the answer looks like. Every refusal is a WebhookError carrying its HTTP
+status, so a hostile request gets a clean 4xx and never an exception escaping the app (a 500
+Meta retries for days).
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from dataclasses import dataclass
 
 from chat_orchestrator.errors import WebhookError
 
-__all__ = ["ALLOWED_METHODS", "HttpReply", "admit", "read_body", "reply_for_error"]
+__all__ = [
+    "ALLOWED_METHODS",
+    "BodyBuffer",
+    "HttpReply",
+    "admit",
+    "body_timed_out",
+    "read_body",
+    "reply_for_error",
+]
 
 #: What the webhook answers; a 405 names them in its ``Allow`` header (RFC 9110, 15.5.6).
 ALLOWED_METHODS = ("GET", "POST")
@@ -91,6 +100,44 @@ def admit(method: str, headers: Mapping[str, str], limit: int) -> int:
     return length
 
 
+class BodyBuffer:
+    """Collects an admitted body chunk by chunk, whatever the server hands over at a time.
+
+    ``wanted`` is how many bytes are still due; a chunk that overshoots the Content-Length is
+    400 and is dropped at once, so at most ``length + chunk`` bytes are ever held (WSGI never
+    asks for more than ``wanted``; ASGI stops receiving at the first byte too many).
+    """
+
+    __slots__ = ("_length", "_parts", "_received")
+
+    def __init__(self, length: int) -> None:
+        self._length = length
+        self._parts: list[bytes] = []
+        self._received = 0
+
+    @property
+    def wanted(self) -> int:
+        return self._length - self._received
+
+    def feed(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self._length:
+            self._parts.clear()
+            raise WebhookError("the body is longer than its Content-Length", status=400)
+        self._parts.append(chunk)
+
+    def finish(self) -> bytes:
+        """The whole body, or 400 when the client stopped short of its Content-Length."""
+        if self._received < self._length:
+            raise WebhookError("the body is shorter than its Content-Length", status=400)
+        return b"".join(self._parts)
+
+
+def body_timed_out() -> WebhookError:
+    """The 408 for a client that stopped sending its body (socket timeout, ASGI deadline)."""
+    return WebhookError("the client stopped sending its body", status=408)
+
+
 def read_body(read: Callable[[int], bytes], length: int) -> bytes:
     """Exactly ``length`` bytes from ``read``, in bounded chunks; a short body is 400.
 
@@ -98,17 +145,15 @@ def read_body(read: Callable[[int], bytes], length: int) -> bytes:
     lying client cannot make us buffer past it. A socket timeout (a client that stops sending)
     is 408, not a thread stuck forever.
     """
-    parts: list[bytes] = []
-    remaining = length
-    while remaining > 0:
+    buffer = BodyBuffer(length)
+    while buffer.wanted > 0:
         try:
-            chunk = read(min(remaining, _CHUNK))
+            chunk = read(min(buffer.wanted, _CHUNK))
         except TimeoutError:
-            raise WebhookError("the client stopped sending its body", status=408) from None
+            raise body_timed_out() from None
         except OSError as exc:
             raise WebhookError(f"the body could not be read: {exc}", status=400) from exc
         if not chunk:
-            raise WebhookError("the body is shorter than its Content-Length", status=400)
-        parts.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(parts)
+            break
+        buffer.feed(chunk)
+    return buffer.finish()

@@ -15,23 +15,29 @@
   messages are left unclaimed too, so a chat's messages keep their order. The same 503 when
   the message-id store itself is unreachable.
 * A status (message id + status) reaches ``on_status`` once, however often Meta repeats it.
-* Request handling (methods, lengths, limits) lives in ``webhook_http``, free of WSGI.
+* Request handling (methods, lengths, limits) lives in ``webhook_http``, free of WSGI; the
+  batch's decisions are one sans-I/O operation driven by WSGI here and by ``bot.asgi``
+  (``whatsapp_asgi``) on an event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
 import json
 import logging
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from chat_orchestrator._io import Op, run_async, run_sync
 from chat_orchestrator.channels.webhook_http import HttpReply, admit, read_body, reply_for_error
+from chat_orchestrator.channels.whatsapp_asgi import WhatsAppASGI
 from chat_orchestrator.channels.whatsapp_events import InboundMessage, StatusEvent, WebhookBatch
 from chat_orchestrator.channels.whatsapp_webhook import WhatsAppWebhook
 from chat_orchestrator.errors import (
@@ -89,17 +95,40 @@ def claim_key(phone_number_id: str | None, message_id: str, status: str | None =
     return "wa:" + json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
 
 
-class _RetryLaterError(Exception):
-    """Stop the batch and answer 503: Meta redelivers it, and unclaimed messages run then."""
+# -- the batch as a sans-I/O operation (chat_orchestrator._io) --------------------------------
+# Every decision of a POST (order, keys, what a failure means, when to stop) is in
+# WhatsAppBot._batch_op, once; it yields these commands, and a sync driver (WSGI) or an async
+# driver (ASGI) carries them out. A failing command is thrown back into the operation.
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Release:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    message: InboundMessage
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    status: StatusEvent
+
+
+_RETRY_REPLY = (503, "message store unavailable, retry later")
 
 
 class WhatsAppBot:
-    """``WhatsAppBot(orchestrator, webhook)`` is a WSGI app; mount it at your callback URL.
+    """``WhatsAppBot(orchestrator, webhook)`` is a WSGI app, and ``bot.asgi`` its ASGI twin.
 
     ``orchestrator`` is a ChatOrchestrator or anything with one (a Conversation instance).
     ``phone_number_id`` keeps only messages for that business number (several numbers can
     share a WABA). ``on_status`` is called with every StatusEvent (sent, delivered, read,
-    failed with its errors).
+    failed with its errors); it may be an ``async def`` (awaited on the ASGI path).
     """
 
     def __init__(
@@ -109,7 +138,7 @@ class WhatsAppBot:
         *,
         retention: float = SEVEN_DAYS,
         phone_number_id: str | None = None,
-        on_status: Callable[[StatusEvent], None] | None = None,
+        on_status: Callable[[StatusEvent], object] | None = None,
         keep_failures: int = 1000,
     ) -> None:
         self.orchestrator: ChatOrchestrator = (
@@ -124,10 +153,11 @@ class WhatsAppBot:
         self.failures: deque[TurnFailure] = deque(maxlen=keep_failures)
         self._lock = threading.Lock()
         self.turns = 0
+        self._asgi: WhatsAppASGI | None = None
 
     # -- WSGI -------------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        # Thin WSGI glue: every decision is in respond() and webhook_http, shared with ASGI.
+        # Thin WSGI glue: every decision is in _request_op and webhook_http, shared with ASGI.
         headers = {
             "content-length": environ.get("CONTENT_LENGTH", ""),
             "transfer-encoding": environ.get("HTTP_TRANSFER_ENCODING", ""),
@@ -148,14 +178,20 @@ class WhatsAppBot:
         self, method: str, query: str, headers: Mapping[str, str], body: bytes
     ) -> HttpReply:
         """Answer one admitted request (see ``webhook_http.admit``); headers in lower case."""
-        try:
-            if method == "GET":
-                params = dict(parse_qsl(query))
-                return HttpReply(200, self.webhook.verify_subscription(params))
-            signature = headers.get("x-hub-signature-256") or None
-            return HttpReply(*self.handle(self.webhook.parse(body, signature)))
-        except WebhookError as exc:
-            return self._refused(exc)
+        return run_sync(self._request_op(method, query, headers, body), self._execute)
+
+    async def respond_async(
+        self, method: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> HttpReply:
+        """``respond`` on the running event loop (the ASGI app's answer)."""
+        return await run_async(self._request_op(method, query, headers, body), self._execute_async)
+
+    @property
+    def asgi(self) -> WhatsAppASGI:
+        """This bot as an ASGI app (FastAPI/Starlette ``app.mount(path, bot.asgi)``, uvicorn)."""
+        if self._asgi is None:
+            self._asgi = WhatsAppASGI(self)
+        return self._asgi
 
     @staticmethod
     def _refused(exc: WebhookError) -> HttpReply:
@@ -165,6 +201,26 @@ class WhatsAppBot:
     # -- processing -------------------------------------------------------------------------
     def handle(self, batch: WebhookBatch) -> tuple[int, str]:
         """Run the batch's new messages and report its statuses; returns (HTTP status, text)."""
+        return run_sync(self._batch_op(batch), self._execute)
+
+    async def handle_async(self, batch: WebhookBatch) -> tuple[int, str]:
+        """``handle`` on the running event loop: turns through ``handle_message_async``."""
+        return await run_async(self._batch_op(batch), self._execute_async)
+
+    def _request_op(
+        self, method: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> Op[HttpReply]:
+        try:
+            if method == "GET":
+                params = dict(parse_qsl(query))
+                return HttpReply(200, self.webhook.verify_subscription(params))
+            signature = headers.get("x-hub-signature-256") or None
+            batch = self.webhook.parse(body, signature)
+        except WebhookError as exc:
+            return self._refused(exc)
+        return HttpReply(*(yield from self._batch_op(batch)))
+
+    def _batch_op(self, batch: WebhookBatch) -> Op[tuple[int, str]]:
         for skipped in batch.skipped:
             log.warning(
                 "skipped a malformed %s (%s): %s", skipped.kind, skipped.message_id, skipped.reason
@@ -174,30 +230,38 @@ class WhatsAppBot:
                     skipped.message_id or "", "", f"malformed {skipped.kind}: {skipped.reason}"
                 )
             )
-        try:
-            for status in batch.statuses:
-                if self.on_status is not None and self._ours(status.phone_number_id):
-                    key = claim_key(status.phone_number_id, status.message_id, status.status)
-                    if self._claim(key, status.message_id):
-                        self._report(status)
-            messages = sorted(
-                (m for m in batch.messages if self._ours(m.phone_number_id)),
-                key=lambda m: m.timestamp,
-            )
-            for message in messages:
-                key = claim_key(message.phone_number_id, message.id)
-                if self._claim(key, message.id, message.chat_id):
-                    self._run(message, key)
-        except _RetryLaterError:
-            return 503, "message store unavailable, retry later"
+        for status in batch.statuses:
+            if self.on_status is not None and self._ours(status.phone_number_id):
+                key = claim_key(status.phone_number_id, status.message_id, status.status)
+                claimed = yield from self._claim_op(key, status.message_id)
+                if claimed is None:
+                    return _RETRY_REPLY
+                if claimed:
+                    try:
+                        yield _Report(status)
+                    except Exception:
+                        log.exception("on_status failed for %s", status.message_id)
+        messages = sorted(
+            (m for m in batch.messages if self._ours(m.phone_number_id)),
+            key=lambda m: m.timestamp,
+        )
+        for message in messages:
+            key = claim_key(message.phone_number_id, message.id)
+            claimed = yield from self._claim_op(key, message.id, message.chat_id)
+            if claimed is None:
+                return _RETRY_REPLY
+            if claimed and not (yield from self._turn_op(message, key)):
+                # The batch's later messages stay unclaimed: a chat's messages keep their order.
+                return _RETRY_REPLY
         return 200, "OK"
 
-    def _claim(self, key: str, message_id: str, chat_id: str = "") -> bool:
+    def _claim_op(self, key: str, message_id: str, chat_id: str = "") -> Op[bool | None]:
+        """True: ours to run; False: a duplicate or a refused key; None: retry later (503)."""
         try:
-            return require_sync(self.orchestrator.state_manager).claim(key, self.retention)
+            return bool((yield _Claim(key)))
         except StateManagerError as exc:
             log.error("cannot record message ids (%s); asking Meta to retry", exc)
-            raise _RetryLaterError from exc
+            return None
         except (ChatOrchestratorError, ValueError) as exc:
             # The store refuses the key itself (a custom manager's rule): retrying cannot help.
             log.warning(
@@ -206,36 +270,83 @@ class WhatsAppBot:
             self.failures.append(TurnFailure(message_id, chat_id, f"claim key refused: {exc}"))
             return False
 
-    def _report(self, status: StatusEvent) -> None:
-        assert self.on_status is not None
+    def _turn_op(self, message: InboundMessage, key: str) -> Op[bool]:
+        """Run one message's turn; False when the batch must stop and answer 503."""
         try:
-            self.on_status(status)
-        except Exception:
-            log.exception("on_status failed for %s", status.message_id)
-
-    def _ours(self, phone_number_id: str | None) -> bool:
-        return self.phone_number_id is None or phone_number_id == self.phone_number_id
-
-    def _run(self, message: InboundMessage, key: str) -> None:
-        token = _current.set(message)
-        try:
-            self.orchestrator.handle_message(message.chat_id, message.user_input)
-            with self._lock:
-                self.turns += 1
+            yield _Turn(message)
         except _RETRY_LATER as exc:
             # Not the step's fault: give the claim back so Meta's redelivery runs the message.
             log.warning(
                 "turn for WhatsApp message %s deferred (%s); asking Meta to retry", message.id, exc
             )
             try:
-                require_sync(self.orchestrator.state_manager).release_claim(key)
+                yield _Release(key)
             except StateManagerError as release_failed:
                 log.error("could not give back the claim of %s: %s", message.id, release_failed)
-            raise _RetryLaterError from exc
+            return False
         except Exception as exc:
             log.exception("turn failed for WhatsApp message %s", message.id)
             self.failures.append(
                 TurnFailure(message.id, message.chat_id, f"{type(exc).__name__}: {exc}")
             )
-        finally:
-            _current.reset(token)
+            return True
+        with self._lock:
+            self.turns += 1
+        return True
+
+    def _ours(self, phone_number_id: str | None) -> bool:
+        return self.phone_number_id is None or phone_number_id == self.phone_number_id
+
+    # -- the two drivers: the only place sync and async differ ------------------------------
+    def _execute(self, command: object) -> object:
+        if type(command) is _Claim:
+            return require_sync(self.orchestrator.state_manager).claim(command.key, self.retention)
+        if type(command) is _Release:
+            require_sync(self.orchestrator.state_manager).release_claim(command.key)
+            return None
+        if type(command) is _Turn:
+            token = _current.set(command.message)
+            try:
+                message = command.message
+                return self.orchestrator.handle_message(message.chat_id, message.user_input)
+            finally:
+                _current.reset(token)
+        assert type(command) is _Report
+        assert self.on_status is not None
+        result = self.on_status(command.status)
+        if inspect.isawaitable(result):  # an async callback on the sync path: run it here
+            _run_awaitable(result)
+        return None
+
+    async def _execute_async(self, command: object) -> object:
+        manager = self.orchestrator.state_manager
+        if type(command) is _Claim:
+            return await manager.claim_async(command.key, self.retention)
+        if type(command) is _Release:
+            await manager.release_claim_async(command.key)
+            return None
+        if type(command) is _Turn:
+            # Set in this task's context: async steps see it, and sync steps too (to_thread
+            # copies the context into the worker thread).
+            token = _current.set(command.message)
+            try:
+                message = command.message
+                return await self.orchestrator.handle_message_async(
+                    message.chat_id, message.user_input
+                )
+            finally:
+                _current.reset(token)
+        assert type(command) is _Report
+        assert self.on_status is not None
+        result = self.on_status(command.status)
+        if inspect.isawaitable(result):
+            await result
+        return None
+
+
+async def _await(awaitable: Awaitable[object]) -> object:
+    return await awaitable
+
+
+def _run_awaitable(awaitable: Awaitable[object]) -> None:
+    asyncio.run(_await(awaitable))
