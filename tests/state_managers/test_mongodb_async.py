@@ -87,7 +87,8 @@ def test_async_turns_go_through_the_async_client_on_the_loop(server: tuple[str, 
     names = [name for name, _ in listener.seen]
     assert names.count("findAndModify") >= 3 + 1  # three leases, one claim retaken
     assert names.count("update") >= 3  # three writes
-    assert "insert" in names and "delete" in names
+    assert "insert" in names
+    assert "delete" in names
     # Every command left from the event loop's thread: none ran in a worker thread.
     assert {thread for _, thread in listener.seen} == {threading.main_thread().name}
     assert counter(MongoDBStateManager(uri, database=database), "c") == 3
@@ -211,10 +212,12 @@ def test_nx_stopped_mid_run_async_fails_like_sync_then_recovers(tmp_path: Path) 
             stopped.set()
             started = time.monotonic()
             # Every task ends on its own, within the 1 s timeout plus slack: none hangs.
-            done, pending = await asyncio.wait(tasks, timeout=10)
+            _, pending = await asyncio.wait(tasks, timeout=10)
             assert pending == set()
+            one_call = time.monotonic()
             with pytest.raises(StateManagerUnavailableError) as raised:
                 await bot.handle_message_async("c", "x")
+            assert time.monotonic() - one_call < 1 + 3  # the 1 s timeout, plus a busy machine
             elapsed = time.monotonic() - started
             outcomes.append(raised.value)
             return elapsed
@@ -254,7 +257,8 @@ def test_failed_timed_out_and_cancelled_steps_store_nothing_and_release_at_once(
     uri, database = server
     # A lease of 5 s and a wait of 10 s: a lease left behind would cost the next turn 5 s.
     manager = MongoDBStateManager(uri, database=database, lock_lease=5, lock_timeout=10)
-    raw = pymongo.MongoClient(uri)[database]["chat_states"]
+    raw_client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri)
+    raw = raw_client[database]["chat_states"]
     bot = ChatOrchestrator(manager, RecordingSender())
     mode = {"m": "ok"}
 
@@ -274,40 +278,36 @@ def test_failed_timed_out_and_cancelled_steps_store_nothing_and_release_at_once(
     def stored() -> dict[str, Any] | None:
         return raw.find_one({"_id": "c"}, {"lk": 0, "at": 0})
 
-    async def check_released() -> None:
+    def lease_dropped() -> bool:
         doc = raw.find_one({"_id": "c"})
-        assert doc is not None and doc["lu"] == 0  # the lease is dropped, not left to expire
-        started = time.monotonic()
-        assert (await manager.begin_turn_async("c")).record is not None
-        assert time.monotonic() - started < 1
-        turn = await manager.begin_turn_async("other")
-        await turn.close()
+        assert doc is not None
+        return bool(doc["lu"] == 0)  # dropped by the failed turn, not left to expire
 
     async def main() -> None:
         await bot.handle_message_async("c", None)
         before = stored()
-        assert before is not None and before["c"] == '{"n":1}'
+        assert before is not None
+        assert before["c"] == '{"n":1}'
         for failing, cause in (("raise", KeyError), ("own-timeout", TimeoutError)):
             mode["m"] = failing
             with pytest.raises(StepError) as raised:
                 await bot.handle_message_async("c", "x")
             assert isinstance(raised.value.__cause__, cause)
             assert stored() == before
-            doc = raw.find_one({"_id": "c"})
-            assert doc is not None and doc["lu"] == 0
+            assert lease_dropped()
         mode["m"] = "hang"
         with pytest.raises(TimeoutError):  # the caller's own deadline: asyncio's error
             async with asyncio.timeout(0.2):
                 await bot.handle_message_async("c", "x")
         assert stored() == before
+        assert lease_dropped()
         task = asyncio.create_task(bot.handle_message_async("c", "x"))
         await asyncio.sleep(0.2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert stored() == before
-        doc = raw.find_one({"_id": "c"})
-        assert doc is not None and doc["lu"] == 0
+        assert lease_dropped()
         mode["m"] = "ok"
         started = time.monotonic()
         await bot.handle_message_async("c", "x")
@@ -315,4 +315,4 @@ def test_failed_timed_out_and_cancelled_steps_store_nothing_and_release_at_once(
 
     asyncio.run(main())
     assert counter(manager, "c") == 2
-    raw.database.client.close()
+    raw_client.close()
