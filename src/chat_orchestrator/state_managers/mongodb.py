@@ -120,10 +120,11 @@ class MongoDBStateManager(LeasedStateManager):
 
     The async methods use ``async_client`` if given, else an ``AsyncMongoClient`` made from
     the same URI and options (or from the injected ``client``'s arguments), one per event
-    loop (pymongo binds an async client to its loop); :meth:`close_async` closes the running
-    loop's one. The sync client is always there: the lease renewer thread and the one-time
-    index set-up (TTL index at construction, claims index at the first claim, in a worker
-    thread on the async path) use it.
+    loop (pymongo binds an async client to its loop; an injected ``async_client`` serves the
+    loop it is first used on); :meth:`close_async` closes the running loop's one. The sync
+    client is always there: the lease renewer thread and the one-time index set-up (TTL
+    index at construction, claims index at the first claim, in a worker thread on the async
+    path) use it.
     """
 
     def __init__(
