@@ -9,6 +9,8 @@ Rounds interleave, so all share the machine's noise; every counter is checked at
 Two raw pymongo loops doing the same two round trips per turn (``find_one_and_update`` then
 ``update_one``), one thread and 64 at once on ``AsyncMongoClient``, show what the server
 itself allows: nx-27017 answers one command at a time, so concurrency buys little there.
+The sync turns run in ``asyncio.to_thread`` (what the async path did before it had its own
+client) are the other way to serve 64 chats from one loop.
 """
 
 from __future__ import annotations
@@ -77,6 +79,17 @@ def measure(uri: str, per_chat: int, rounds: int) -> dict[str, float]:
     def async_round() -> None:
         loop.run_until_complete(all_chats())
 
+    async def threaded_chat(chat: str) -> None:
+        for _ in range(per_chat):
+            await asyncio.to_thread(sync_bot.handle_message, chat, "hi")
+
+    async def threaded_chats() -> None:
+        await asyncio.gather(*(threaded_chat(chat) for chat in chats))
+
+    def threaded_round() -> None:
+        # What the async path did before the port: the sync client in the loop's thread pool.
+        loop.run_until_complete(threaded_chats())
+
     raw_sync: MongoClient[dict[str, Any]] = MongoClient(uri)
     raw_async: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
     sync_raw_docs = raw_sync[manager._collection.database.name]["raw"]
@@ -116,6 +129,7 @@ def measure(uri: str, per_chat: int, rounds: int) -> dict[str, float]:
     contenders = {
         "sync, one thread": sync_round,
         f"async, {CHATS} chats at once": async_round,
+        f"sync turns in to_thread, {CHATS} at once": threaded_round,
         "raw pymongo, one thread": raw_sync_round,
         f"raw AsyncMongoClient, {CHATS} at once": raw_async_round,
     }
@@ -127,7 +141,7 @@ def measure(uri: str, per_chat: int, rounds: int) -> dict[str, float]:
             started = time.perf_counter()
             fn()
             samples[name].append(CHATS * per_chat / (time.perf_counter() - started))
-    expected = (1 + rounds) * 2 * per_chat  # warm-up and rounds, sync and async, per chat
+    expected = (1 + rounds) * 3 * per_chat  # warm-up and rounds of the three turn loops
     for chat in chats:
         record = manager.load(chat)
         if record is None or record.context != {"n": expected}:
