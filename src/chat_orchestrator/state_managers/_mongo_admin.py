@@ -1,6 +1,8 @@
-"""MongoDB set-up: a client from a URI (errors without secrets), TTL indexes changed in place.
+"""MongoDB set-up: clients from a URI (errors without secrets), TTL indexes changed in place.
 
 Imported by :mod:`chat_orchestrator.state_managers.mongodb` only, after pymongo imported there.
+Index set-up is blocking (pymongo's sync API): it runs once, at construction or at the first
+claim, and the async path runs it in a worker thread, so it never blocks an event loop.
 """
 
 from __future__ import annotations
@@ -11,14 +13,21 @@ import urllib.parse
 from typing import Any
 
 import pymongo
-from pymongo import UpdateOne
+from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from chat_orchestrator.errors import StateManagerError
 
-__all__ = ["connect", "ensure_claims_index", "ensure_ttl_index", "from_ms"]
+__all__ = [
+    "async_twin",
+    "client_options",
+    "connect",
+    "ensure_claims_index",
+    "ensure_ttl_index",
+    "from_ms",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +58,8 @@ def connect(uri: str, timeout: float) -> tuple[pymongo.MongoClient[dict[str, Any
         raise StateManagerError(f"the MongoDB URI must be a str, not {type(uri).__name__}")
     try:
         nodes = parse_uri(uri)["nodelist"]  # resolves mongodb+srv (DNS) once, here
-        ms = int(timeout * 1000)
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms
+            uri, **client_options(timeout)
         )
     except (PyMongoError, ValueError, TypeError) as exc:
         failure = exc
@@ -66,6 +74,28 @@ def connect(uri: str, timeout: float) -> tuple[pymongo.MongoClient[dict[str, Any
     raise StateManagerError(
         f"invalid MongoDB URI or client options ({reason})"
     ) from cause.with_traceback(failure.__traceback__)
+
+
+def client_options(timeout: float) -> dict[str, Any]:
+    """The options of every client a manager makes, sync and async alike (one timeout)."""
+    ms = int(timeout * 1000)
+    return {"serverSelectionTimeoutMS": ms, "connectTimeoutMS": ms, "socketTimeoutMS": ms}
+
+
+def async_twin(client: pymongo.MongoClient[dict[str, Any]]) -> AsyncMongoClient[dict[str, Any]]:
+    """An ``AsyncMongoClient`` made with the arguments ``client`` was made with.
+
+    For a sync client a user injected without an ``async_client``: pymongo keeps its
+    constructor arguments (``_init_kwargs``, what its own ``_duplicate`` uses), URI, options
+    and event listeners included, so the async path talks to the same servers the same way.
+    """
+    arguments = getattr(client, "_init_kwargs", None)
+    if not isinstance(arguments, dict):
+        raise StateManagerError(
+            "cannot derive an AsyncMongoClient from the injected MongoClient; pass "
+            "async_client= to use the async methods"
+        )
+    return AsyncMongoClient(**arguments)
 
 
 def ensure_ttl_index(collection: Collection[dict[str, Any]], field: str, seconds: int) -> None:

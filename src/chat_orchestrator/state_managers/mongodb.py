@@ -1,4 +1,4 @@
-"""MongoDB: shared state for many workers and machines.
+"""MongoDB: shared state for many workers and machines, from sync and async code alike.
 
 One document per chat, ``_id`` = the chat id (always a str: never a query operator):
 ``s`` state, ``c`` context as JSON text (so context keys such as ``$where`` or ``a.b`` are
@@ -8,16 +8,28 @@ index), ``lk`` the last lease token and ``lu`` its end in epoch ms (0: free).
 A turn is two ``find_one_and_update``/``update_one`` round trips: take the lease and read the
 record; write it if ``v`` is still the version read and the lease is still ours, dropping the
 lease in the same update.
+
+Every operation is written once, as a generator (:mod:`chat_orchestrator._io`) that yields
+:class:`MongoCall` commands (which collection, which method, which arguments) and decides
+on their results and errors. The sync methods run the calls on pymongo's ``MongoClient``;
+the ``..._async`` methods await the same calls on pymongo's own ``AsyncMongoClient``
+(pymongo >= 4.10; not Motor). So a sync and an async worker send the very same queries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import threading
 import time
+import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
 
-from chat_orchestrator._jsonctx import decode_context, encode_context
+from chat_orchestrator._io import Op
+from chat_orchestrator._jsonctx import decode_context
 from chat_orchestrator.errors import (
     CorruptStateError,
     MissingDependencyError,
@@ -29,16 +41,15 @@ from chat_orchestrator.errors import (
 from chat_orchestrator.state_managers._leased import (
     DEFAULT_LOCK_LEASE,
     DEFAULT_LOCK_TIMEOUT,
+    LeasedStateManager,
     check_lease_settings,
 )
-from chat_orchestrator.state_managers._primitive_ops import BlockingLeasedStateManager
-from chat_orchestrator.state_managers.base import (
-    StateRecord,
-)
+from chat_orchestrator.state_managers.base import StateRecord
 
 try:
     import pymongo
-    from pymongo import ReturnDocument
+    from pymongo import AsyncMongoClient, ReturnDocument
+    from pymongo.asynchronous.collection import AsyncCollection
     from pymongo.collection import Collection
     from pymongo.errors import (
         ConnectionFailure,
@@ -51,24 +62,52 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 # After the guarded import: this module needs pymongo too.
 from chat_orchestrator.state_managers._mongo_admin import (
+    async_twin,
+    client_options,
     connect,
     ensure_claims_index,
     ensure_ttl_index,
     from_ms,
 )
 
-__all__ = ["MongoDBStateManager"]
+__all__ = ["MongoCall", "MongoDBStateManager"]
 
-T = TypeVar("T")
 _RECORD_FIELDS = {"s": 1, "c": 1, "v": 1}
+Target = Literal["states", "claims"]
+
+
+@dataclass(frozen=True, slots=True)
+class MongoCall:
+    """One command of an operation: ``<target collection>.<method>(*args, **kwargs)``.
+
+    ``target`` is ``"states"`` (the chats) or ``"claims"`` (``<collection>_claims``); the
+    sync layer calls the method on a pymongo ``Collection``, the async layer awaits it on the
+    matching ``AsyncCollection``. ``kwargs`` is a tuple of pairs so the command is immutable.
+    """
+
+    target: Target
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+def _call(target: Target, method: str, *args: Any, **kwargs: Any) -> MongoCall:
+    return MongoCall(target, method, args, tuple(kwargs.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class _Blocking:
+    """Index set-up on the sync client: run as is by the sync layer, in a thread by the async."""
+
+    function: Callable[[], Any]
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class MongoDBStateManager(BlockingLeasedStateManager):
-    """State in a MongoDB collection for any number of worker processes.
+class MongoDBStateManager(LeasedStateManager):
+    """State in a MongoDB collection for any number of worker processes, sync or async.
 
     ``lock_lease`` (s, default 10): how long a dead worker's lease outlives it (measured with
     the workers' clocks: keep them in sync); a live turn renews its lease every third of that
@@ -78,6 +117,14 @@ class MongoDBStateManager(BlockingLeasedStateManager):
     ``ttl`` (s, optional): a TTL index drops chats idle that long; a different ``ttl`` after a
     restart changes that index in place (``collMod``). Claims expire per document, so their
     ``ttl`` may differ from call to call. A bad ``uri`` is StateManagerError, no secret shown.
+
+    The async methods use ``async_client`` if given, else an ``AsyncMongoClient`` made from
+    the same URI and options (or from the injected ``client``'s arguments), one per event
+    loop (pymongo binds an async client to its loop; an injected ``async_client`` serves the
+    loop it is first used on); :meth:`close_async` closes the running loop's one. The sync
+    client is always there: the lease renewer thread and the one-time index set-up (TTL
+    index at construction, claims index at the first claim, in a worker thread on the async
+    path) use it.
     """
 
     def __init__(
@@ -87,6 +134,7 @@ class MongoDBStateManager(BlockingLeasedStateManager):
         database: str = "chat_orchestrator",
         collection: str | Collection[dict[str, Any]] = "chat_states",
         client: pymongo.MongoClient[dict[str, Any]] | None = None,
+        async_client: AsyncMongoClient[dict[str, Any]] | None = None,
         ttl: float | None = None,
         lock_lease: float = DEFAULT_LOCK_LEASE,
         lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
@@ -94,22 +142,41 @@ class MongoDBStateManager(BlockingLeasedStateManager):
     ) -> None:
         if isinstance(collection, Collection):
             self._collection = collection
-            self._address = ",".join(f"{h}:{p}" for h, p in collection.database.client.nodes)
+            client = collection.database.client
+            self._address = ",".join(f"{h}:{p}" for h, p in client.nodes)
+            self._new_async: Callable[[], AsyncMongoClient[dict[str, Any]]] = partial(
+                async_twin, client
+            )
         else:
             if client is None:
                 client, self._address = connect(uri, timeout)
+                # The URI was checked by ``connect``: the async clients cannot fail on it.
+                self._new_async = partial(AsyncMongoClient, uri, **client_options(timeout))
             else:
                 self._address = ",".join(f"{h}:{p}" for h, p in client.nodes) or "injected client"
+                self._new_async = partial(async_twin, client)
             self._collection = client[database][collection]
+        self._targets: dict[str, Collection[dict[str, Any]]] = {
+            "states": self._collection,
+            "claims": self._collection.database[f"{self._collection.name}_claims"],
+        }
+        self._async_client = async_client
+        self._async_targets: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop,
+            tuple[AsyncMongoClient[dict[str, Any]], dict[str, AsyncCollection[dict[str, Any]]]],
+        ] = weakref.WeakKeyDictionary()
+        self._async_lock = threading.Lock()
         self._claims_indexed = False
         self._lease_ms = check_lease_settings(lock_lease, lock_timeout)
         self._lock_timeout = lock_timeout
         if ttl is not None:
             seconds = max(1, int(ttl))
-            self._call(
-                "create the TTL index for",
-                "*",
-                lambda: ensure_ttl_index(self._collection, "at", seconds),
+            self._run(
+                self._do(
+                    "create the TTL index for",
+                    "*",
+                    _Blocking(partial(ensure_ttl_index, self._collection, "at", seconds)),
+                )
             )
 
     def __repr__(self) -> str:
@@ -118,25 +185,57 @@ class MongoDBStateManager(BlockingLeasedStateManager):
             f"collection={self._collection.full_name!r})"
         )
 
-    # -- plumbing ---------------------------------------------------------------------------
-    def _call(self, what: str, chat_id: str, function: Callable[[], T]) -> T:
+    # -- the two I/O layers ----------------------------------------------------------------
+    def _execute(self, command: MongoCall | _Blocking) -> Any:
+        if type(command) is _Blocking:
+            return command.function()
+        assert type(command) is MongoCall
+        method = getattr(self._targets[command.target], command.method)
+        return method(*command.args, **dict(command.kwargs))
+
+    async def _execute_async(self, command: MongoCall | _Blocking) -> Any:
+        if type(command) is _Blocking:
+            return await asyncio.to_thread(command.function)
+        assert type(command) is MongoCall
+        method = getattr(self._async_collections()[command.target], command.method)
+        return await method(*command.args, **dict(command.kwargs))
+
+    def _async_collections(self) -> dict[str, AsyncCollection[dict[str, Any]]]:
+        loop = asyncio.get_running_loop()
+        found = self._async_targets.get(loop)
+        if found is None:
+            with self._async_lock:  # two threads' loops may start at once
+                found = self._async_targets.get(loop)
+                if found is None:
+                    client = self._async_client or self._new_async()
+                    database = client[self._collection.database.name]
+                    collections = {
+                        target: database[collection.name]
+                        for target, collection in self._targets.items()
+                    }
+                    found = self._async_targets[loop] = (client, collections)
+        return found[1]
+
+    # -- error classification, once for both layers --------------------------------------
+    def _do(self, what: str, name: str, command: MongoCall | _Blocking) -> Op[Any]:
+        """Yield one command; a driver error becomes ours (DuplicateKeyError is the op's)."""
         try:
-            return function()
+            return (yield command)
+        except DuplicateKeyError:
+            raise
         except ConnectionFailure as exc:
             raise StateManagerUnavailableError(
                 f"MongoDB at {self._address} is unavailable while trying to {what} chat "
-                f"{describe_chat_id(chat_id)}: {type(exc).__name__}"
+                f"{describe_chat_id(name)}: {type(exc).__name__}"
             ) from None
         except DocumentTooLarge as exc:
             raise StateManagerError(
-                f"the record of chat {describe_chat_id(chat_id)} is over MongoDB's document "
+                f"the record of chat {describe_chat_id(name)} is over MongoDB's document "
                 f"size limit (16 MiB): {exc}"
             ) from None
-        except DuplicateKeyError:
-            raise
         except PyMongoError as exc:
             raise StateManagerError(
-                f"MongoDB at {self._address} failed to {what} chat {describe_chat_id(chat_id)}: "
+                f"MongoDB at {self._address} failed to {what} chat {describe_chat_id(name)}: "
                 f"{type(exc).__name__}"
             ) from None
 
@@ -156,38 +255,27 @@ class MongoDBStateManager(BlockingLeasedStateManager):
 
     # -- seed methods -----------------------------------------------------------------------
     # The base validated every argument before these run (a dict id would be a query operator).
-    def _set(self, chat_id: str, state_id: str, text: str) -> None:
+    def _set_op(self, chat_id: str, state_id: str, text: str) -> Op[None]:
         update = {
             "$set": {"s": state_id, "c": text, "at": _utcnow()},
             "$inc": {"v": 1},
             "$setOnInsert": {"lu": 0},
         }
-        self._call(
-            "write",
-            chat_id,
-            lambda: self._collection.update_one({"_id": chat_id}, update, upsert=True),
-        )
+        call = _call("states", "update_one", {"_id": chat_id}, update, upsert=True)
+        yield from self._do("write", chat_id, call)
 
-    def _delete(self, chat_id: str) -> None:
-        self._call("delete", chat_id, lambda: self._collection.delete_one({"_id": chat_id}))
+    def _delete_op(self, chat_id: str) -> Op[None]:
+        yield from self._do("delete", chat_id, _call("states", "delete_one", {"_id": chat_id}))
 
     # -- versioned records ------------------------------------------------------------------
-    def _load(self, chat_id: str) -> StateRecord | None:
-        doc = self._call(
-            "read", chat_id, lambda: self._collection.find_one({"_id": chat_id}, _RECORD_FIELDS)
-        )
+    def _load_op(self, chat_id: str) -> Op[StateRecord | None]:
+        call = _call("states", "find_one", {"_id": chat_id}, _RECORD_FIELDS)
+        doc = yield from self._do("read", chat_id, call)
         return self._record(chat_id, doc)
 
-    def _write(
-        self,
-        chat_id: str,
-        token: str | None,
-        expected: int,
-        state_id: str,
-        context: dict[str, Any],
-        encoded: str | None,
-    ) -> int:
-        text = encode_context(context) if encoded is None else encoded
+    def _write_op(
+        self, chat_id: str, token: str | None, expected: int, state_id: str, text: str
+    ) -> Op[int]:
         query: dict[str, Any] = {"_id": chat_id, "v": expected if expected else {"$exists": False}}
         update: dict[str, Any] = {
             "$set": {"s": state_id, "c": text, "v": expected + 1, "at": _utcnow()}
@@ -197,19 +285,15 @@ class MongoDBStateManager(BlockingLeasedStateManager):
             update["$set"]["lu"] = 0  # drop the lease in the same write
         else:
             update["$setOnInsert"] = {"lu": 0}
+        upsert = token is None and not expected
         try:
-            result = self._call(
-                "write",
-                chat_id,
-                lambda: self._collection.update_one(
-                    query, update, upsert=token is None and not expected
-                ),
-            )
+            call = _call("states", "update_one", query, update, upsert=upsert)
+            result = yield from self._do("write", chat_id, call)
             written = result.matched_count == 1 or result.upserted_id is not None
         except DuplicateKeyError:
             written = False  # an upsert for a new chat met an existing document
         if not written:
-            current = self.load(chat_id)
+            current = yield from self._load_op(chat_id)
             found = 0 if current is None else current.version
             detail = "another worker took its lease" if found == expected else "it changed"
             raise VersionConflictError(
@@ -219,92 +303,84 @@ class MongoDBStateManager(BlockingLeasedStateManager):
         return expected + 1
 
     # -- once-only markers -----------------------------------------------------------------
-    @property
-    def _claims(self) -> Collection[dict[str, Any]]:
-        return self._collection.database[f"{self._collection.name}_claims"]
-
-    def _claim(self, key: str, ttl: float) -> bool:
+    def _claim_op(self, key: str, ttl: float) -> Op[bool]:
         """A document per key in ``<collection>_claims``; the unique ``_id`` makes it atomic."""
-        claims = self._claims
         if not self._claims_indexed:
             # Each marker carries its own end (``exp``), so one TTL index of 0 s serves every
             # ``ttl``: a new retention after a restart never needs a different index.
-            self._call("index claims for", key, lambda: ensure_claims_index(claims))
+            setup = _Blocking(partial(ensure_claims_index, self._targets["claims"]))
+            yield from self._do("index claims for", key, setup)
             self._claims_indexed = True
         now = _now_ms()
         until = now + max(1, int(ttl * 1000))
         fields = {"until": until, "exp": from_ms(until), "at": _utcnow()}
+        try:
+            yield from self._do("claim", key, _call("claims", "insert_one", {"_id": key, **fields}))
+            return True
+        except DuplicateKeyError:
+            pass
+        # Taken before: it counts again only once expired.
+        query = {"_id": key, "until": {"$lt": now}}
+        call = _call("claims", "find_one_and_update", query, {"$set": fields})
+        taken = yield from self._do("claim", key, call)
+        return taken is not None
 
-        def insert() -> bool:
-            try:
-                claims.insert_one({"_id": key, **fields})
-                return True
-            except DuplicateKeyError:
-                # Taken before: it counts again only once expired.
-                taken = claims.find_one_and_update(
-                    {"_id": key, "until": {"$lt": now}}, {"$set": fields}
-                )
-                return taken is not None
-
-        return self._call("claim", key, insert)
-
-    def _release_claim(self, key: str) -> None:
+    def _release_claim_op(self, key: str) -> Op[None]:
         """Forget ``key``: the next ``claim`` of it succeeds (a turn that failed to run)."""
-        claims = self._claims
-        self._call("release the claim of", key, lambda: claims.delete_one({"_id": key}))
+        call = _call("claims", "delete_one", {"_id": key})
+        yield from self._do("release the claim of", key, call)
 
     # -- leases ---------------------------------------------------------------------------
-    def _try_acquire(self, chat_id: str, token: str) -> tuple[bool, StateRecord | None]:
+    def _acquire_op(self, chat_id: str, token: str) -> Op[tuple[bool, StateRecord | None]]:
         now = _now_ms()
         # Every document has ``lu`` (0 when free), so one range condition finds a free lease.
         query = {"_id": chat_id, "lu": {"$lt": now}}
         update = {"$set": {"lk": token, "lu": now + self._lease_ms}}
+        call = _call(
+            "states",
+            "find_one_and_update",
+            query,
+            update,
+            projection=_RECORD_FIELDS,
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
         try:
-            doc = self._call(
-                "lock",
-                chat_id,
-                lambda: self._collection.find_one_and_update(
-                    query,
-                    update,
-                    projection=_RECORD_FIELDS,
-                    upsert=True,
-                    return_document=ReturnDocument.AFTER,
-                ),
-            )
+            doc = yield from self._do("lock", chat_id, call)
         except DuplicateKeyError:
             doc = None  # MongoDB: the document exists and its lease is live
         # nx-27017 answers that same case with no document instead of the duplicate key error.
         return (False, None) if doc is None else (True, self._record(chat_id, doc))
 
-    def _unlock(self, chat_id: str, token: str) -> None:
-        def release() -> None:
-            # A new chat whose first turn failed leaves no lease-only document behind.
-            removed = self._collection.delete_one(
-                {"_id": chat_id, "lk": token, "v": {"$exists": False}}
-            )
-            if removed.deleted_count == 0:
-                self._collection.update_one({"_id": chat_id, "lk": token}, {"$set": {"lu": 0}})
+    def _unlock_op(self, chat_id: str, token: str) -> Op[None]:
+        # A new chat whose first turn failed leaves no lease-only document behind.
+        leased_only = {"_id": chat_id, "lk": token, "v": {"$exists": False}}
+        removed = yield from self._do("unlock", chat_id, _call("states", "delete_one", leased_only))
+        if removed.deleted_count == 0:
+            call = _call("states", "update_one", {"_id": chat_id, "lk": token}, {"$set": {"lu": 0}})
+            yield from self._do("unlock", chat_id, call)
 
-        self._call("unlock", chat_id, release)
-
-    def _renew(self, chat_id: str, token: str) -> bool:
+    def _renew_op(self, chat_id: str, token: str) -> Op[bool]:
         # ``lu > 0``: a lease already dropped (by the write or an unlock) is never revived.
         query = {"_id": chat_id, "lk": token, "lu": {"$gt": 0}}
         update = {"$set": {"lu": _now_ms() + self._lease_ms}}
-        result = self._call(
-            "renew the lease of",
-            chat_id,
-            lambda: self._collection.update_one(query, update),
-        )
-        return result.matched_count == 1
+        call = _call("states", "update_one", query, update)
+        result = yield from self._do("renew the lease of", chat_id, call)
+        return result.matched_count == 1  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self._collection.database.client.close()
 
+    async def close_async(self) -> None:
+        """Close the running loop's async client, then the sync one (in a worker thread)."""
+        try:
+            loop = asyncio.get_running_loop()
+            found = self._async_targets.pop(loop, None)
+            if found is not None:
+                await found[0].close()
+        finally:
+            await asyncio.to_thread(self.close)
+
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _from_ms(epoch_ms: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)
