@@ -108,3 +108,18 @@ def test_a_sqlite_claim_error_names_a_long_key_briefly(tmp_path: Path) -> None:
         blocker.close()
     assert len(str(caught.value)) < 500
     assert manager.claim("k" * 16_000, 60) is True  # nothing was claimed by the failed call
+
+
+def test_a_foreign_sqlite_row_is_named_briefly_in_its_error(tmp_path: Path) -> None:
+    # Before: a 100 KB blob in the state column went whole into the error and the log.
+    import sqlite3
+
+    from chat_orchestrator.errors import CorruptStateError
+
+    manager = SQLiteStateManager(tmp_path / "x.db")
+    db = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    db.execute("INSERT INTO chats VALUES ('c', ?, '{}', 1, 0, NULL, 0)", (b"x" * 100_000,))
+    db.close()
+    with pytest.raises(CorruptStateError) as caught:
+        manager.get_state("c")
+    assert len(str(caught.value)) < 500
