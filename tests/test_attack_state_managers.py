@@ -123,3 +123,19 @@ def test_a_foreign_sqlite_row_is_named_briefly_in_its_error(tmp_path: Path) -> N
     with pytest.raises(CorruptStateError) as caught:
         manager.get_state("c")
     assert len(str(caught.value)) < 500
+
+
+@pytest.mark.parametrize("bad", [5, "", "x\ud800", None, {"$ne": None}, "x" * 20_000], ids=repr)
+def test_memory_delete_state_async_refuses_a_bad_chat_id(bad: Any) -> None:
+    # Before: 5, "", None and lone surrogates were accepted, a dict raised a raw TypeError.
+    import asyncio
+
+    from chat_orchestrator.errors import InvalidChatIdError
+
+    manager = InMemoryStateManager()
+    manager.set_state("c", "s", {"n": 1})
+    with pytest.raises(InvalidChatIdError):
+        asyncio.run(manager.delete_state_async(bad))
+    assert manager.get_state("c") == ("s", {"n": 1})
+    asyncio.run(manager.delete_state_async("c"))
+    assert manager.get_state("c") is None
