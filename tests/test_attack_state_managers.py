@@ -139,3 +139,28 @@ def test_memory_delete_state_async_refuses_a_bad_chat_id(bad: Any) -> None:
     assert manager.get_state("c") == ("s", {"n": 1})
     asyncio.run(manager.delete_state_async("c"))
     assert manager.get_state("c") is None
+
+
+@pytest.mark.parametrize("ttl", BAD_TTLS, ids=repr)
+def test_an_async_custom_manager_refuses_a_bad_claim_ttl(ttl: Any) -> None:
+    import asyncio
+
+    from chat_orchestrator.state_managers.async_base import AsyncStateManager
+
+    class Mine(AsyncStateManager):
+        async def get_state(self, chat_id: str) -> tuple[str, dict[str, Any]] | None:
+            return None
+
+        async def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
+            pass
+
+        async def delete_state(self, chat_id: str) -> None:
+            pass
+
+    async def run() -> tuple[bool, bool]:
+        manager = Mine()
+        with pytest.raises(InvalidClaimTTLError):
+            await manager.claim_async("k", ttl)
+        return await manager.claim_async("k", 60), await manager.claim_async("k", 60)
+
+    assert asyncio.run(run()) == (True, False)
