@@ -59,7 +59,7 @@ def test_every_error_of_the_tree_is_exported() -> None:
     [
         ("chat_orchestrator.state_managers", "RedisStateManager", "redis", "redis"),
         ("chat_orchestrator.state_managers", "MongoDBStateManager", "pymongo", "mongo"),
-        ("chat_orchestrator.senders", "WhatsAppSender", "requests", "whatsapp"),
+        ("chat_orchestrator.senders", "WhatsAppSender", "httpx", "whatsapp"),
         ("chat_orchestrator", "RedisStateManager", "redis", "redis"),
     ],
 )
