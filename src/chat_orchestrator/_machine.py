@@ -179,15 +179,36 @@ def _identifier(name: str) -> str:
     return cleaned if cleaned and not cleaned[0].isdigit() else f"Flow_{cleaned}"
 
 
+_LABEL_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _aliases(names: list[str]) -> dict[str, str]:
+    """Each state's Mermaid id: its name when that is a safe id, else ``s<i>``, never the
+    name of another state (a state "a b" drawn as s0 beside a state named s0 merged them)."""
+    taken = {name for name in names if _SAFE_ID.match(name)}
+    alias: dict[str, str] = {}
+    for i, name in enumerate(names):
+        if name in taken:
+            alias[name] = name
+            continue
+        candidate = f"s{i}"
+        while candidate in taken:
+            candidate = f"_{candidate}"
+        taken.add(candidate)
+        alias[name] = candidate
+    return alias
+
+
 def mermaid(spec: FlowSpec) -> str:
     """A Mermaid ``stateDiagram-v2`` of the flow, read off its python-statemachine class."""
     machine = compile_machine(spec, declared_only=True)
     names = [state.value for state in machine.states]
-    alias = {name: name if _SAFE_ID.match(name) else f"s{i}" for i, name in enumerate(names)}
+    alias = _aliases(names)
     lines = ["stateDiagram-v2"]
     for name in names:
         if alias[name] != name:
-            label = name.replace('"', "'")
+            # A line break would end the label and start a Mermaid statement of its own.
+            label = _LABEL_BREAKS.sub(" ", name.replace('"', "'"))
             lines.append(f'    state "{label}" as {alias[name]}')
     for state in machine.states:
         if state.initial:

@@ -8,6 +8,7 @@
      ├── InvalidChatIdError (ValueError)  a chat id that no backend may store
      │    ├── InvalidClaimKeyError         a once-only claim key (same rules as chat ids)
      │    └── InvalidStateIdError          a state id to store: not a non-empty str
+     ├── InvalidClaimTTLError (ValueError)  a claim's ttl: not a positive, finite, bounded number
      ├── TurnError                        one turn failed; .chat_id and .state_id say where
      │    ├── StepError                   the step raised (original chained as __cause__)
      │    ├── InvalidStepResultError      the step returned something that is not (str, context)
@@ -44,6 +45,7 @@ __all__ = [
     "DuplicateStepError",
     "InvalidChatIdError",
     "InvalidClaimKeyError",
+    "InvalidClaimTTLError",
     "InvalidMessageError",
     "InvalidStateIdError",
     "InvalidStepResultError",
@@ -103,6 +105,10 @@ class InvalidClaimKeyError(InvalidChatIdError):
 
 class InvalidStateIdError(InvalidChatIdError):
     """A state id to store was not a non-empty, bounded, valid-Unicode ``str``; nothing stored."""
+
+
+class InvalidClaimTTLError(ChatOrchestratorError, ValueError):
+    """A claim's ``ttl`` was not a positive, finite number of seconds in range; nothing claimed."""
 
 
 class TurnError(ChatOrchestratorError):

@@ -38,6 +38,7 @@ from chat_orchestrator.state_managers.base import (
     StateRecord,
     StateUpdate,
     validate_chat_id,
+    validate_state_id,
 )
 
 __all__ = [
@@ -190,6 +191,10 @@ class ChatOrchestrator:
         encodes: bool,
         in_thread: bool,
     ) -> None:
+        # A state no store can hold (over MAX_STATE_ID_LENGTH, a lone surrogate) is refused
+        # here: registered, its step would run and send its replies, then every turn would
+        # fail to store it, with the chat stuck and the user answered again each time.
+        validate_state_id(state_id)
         if state_id in self._steps:
             # A definition mistake like any other, so one except clause catches them all.
             raise DuplicateStepError(

@@ -50,6 +50,12 @@ _SECRET_PARAM = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 _USERINFO = re.compile(r"(://)[^/?#]*@")
 
 
+def _is_secret(name: str, value: str) -> bool:
+    # The value too: MongoDB's authMechanismProperties=AWS_SESSION_TOKEN:<token> carries a
+    # secret under a harmless name.
+    return _SECRET_PARAM.search(name) is not None or _SECRET_PARAM.search(value) is not None
+
+
 def redact_url(url: str) -> str:
     """``url`` with any password (and secret-looking query values) replaced by ``***``."""
     try:
@@ -59,9 +65,9 @@ def redact_url(url: str) -> str:
             userinfo, _, hosts = netloc.rpartition("@")
             if ":" in userinfo:
                 url = url.replace(netloc, f"{userinfo.split(':', 1)[0]}:***@{hosts}", 1)
-        if query and _SECRET_PARAM.search(query):
+        if query and _SECRET_PARAM.search(unquote(query)):
             hidden = "&".join(
-                f"{name}=***" if _SECRET_PARAM.search(name) else f"{name}={value}"
+                f"{name}=***" if _is_secret(name, value) else f"{name}={value}"
                 for name, value in parse_qsl(query, keep_blank_values=True)
             )
             url = url.replace(f"?{query}", f"?{hidden}", 1)
@@ -74,7 +80,7 @@ def _secrets_of(url: str) -> list[str]:
     try:
         parts = urlsplit(url)
         found = [parts.password or ""]
-        found += [v for k, v in parse_qsl(parts.query) if _SECRET_PARAM.search(k)]
+        found += [v for k, v in parse_qsl(parts.query) if _is_secret(k, v)]
     except ValueError:
         found = [url]  # cannot tell what is secret: treat the whole URL as such
     return [secret for secret in found if secret]

@@ -11,12 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from chat_orchestrator.senders.base import MessageSender
+
+# Not the file backend's helpers: those need fcntl, and the console must also run on Windows
+# (where there are no O_NOFOLLOW/O_DIRECTORY and no dir_fd; only the symlink checks weaken).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 __all__ = ["Choice", "ConsoleMessage", "ConsoleMessageSender", "LastMessages", "resolve_choice"]
 
@@ -107,30 +115,74 @@ class LastMessages:
     resuming: a missing or unreadable file just means nothing to repeat. Each file holds the
     version of the chat's record it was written after, so messages are shown again only while
     the record is still that one (not after another channel or process moved the chat on).
+
+    The directory lives in ``state_dir``, where nothing is opened through a symlink: the
+    directory and every file are opened with ``O_NOFOLLOW`` relative to it, the temp file
+    under a random name with ``O_EXCL`` (a symlink planted at a predictable name would
+    otherwise overwrite its target), and only a regular file is read (a FIFO would hang).
     """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
 
+    @staticmethod
+    def _name(chat_id: str) -> str:
+        return f"{hashlib.sha256(chat_id.encode('utf-8')).hexdigest()}.json"
+
     def _path(self, chat_id: str) -> Path:
-        return self.directory / f"{hashlib.sha256(chat_id.encode('utf-8')).hexdigest()}.json"
+        return self.directory / self._name(chat_id)
+
+    def _open_dir(self) -> int:
+        return os.open(self.directory, os.O_RDONLY | _DIRECTORY | _NOFOLLOW)
 
     def save(self, chat_id: str, messages: list[ConsoleMessage], version: int) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(chat_id)
+        """Keep ``messages``; raises OSError (the caller logs it: a resume is a convenience)."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = {
             "chat_id": chat_id,
             "version": version,
             "messages": [{"text": m.text, "options": m.options} for m in messages],
         }
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-        os.replace(temp, path)
+        # default=str: options may hold anything a sender accepts; they are only shown again.
+        payload = json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
+        name = self._name(chat_id)
+        temp = f".{name}.{secrets.token_hex(8)}.tmp"
+        dir_fd = self._open_dir()
+        try:
+            fd = os.open(
+                temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=dir_fd
+            )
+            try:
+                try:
+                    view = memoryview(payload)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
+                os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                os.unlink(temp, dir_fd=dir_fd)  # a full disk must not leave temp files behind
+                raise
+        finally:
+            os.close(dir_fd)
 
     def load(self, chat_id: str, version: int) -> list[ConsoleMessage]:
         """The messages saved after record ``version`` of the chat; [] if none or another."""
         try:
-            data = json.loads(self._path(chat_id).read_text(encoding="utf-8"))
+            dir_fd = self._open_dir()
+            try:
+                fd = os.open(
+                    self._name(chat_id), os.O_RDONLY | _NONBLOCK | _NOFOLLOW, dir_fd=dir_fd
+                )
+            finally:
+                os.close(dir_fd)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return []
+                with os.fdopen(fd, "rb", closefd=False) as file:
+                    data = json.loads(file.read().decode("utf-8"))
+            finally:
+                os.close(fd)
             if data["chat_id"] != chat_id or data["version"] != version:
                 return []
             return [ConsoleMessage(str(m["text"]), m.get("options")) for m in data["messages"]]

@@ -125,18 +125,13 @@ class GraphCall(Generic[T]):
     def answered(self, status: int, content: bytes) -> T | Retry:
         """The server answered: the result, a Retry, or a WhatsAppAPIError/SenderError."""
         if status == 200:
-            try:
-                reply = json.loads(content)
-            except ValueError:
-                raise SenderError("the WhatsApp API answered 200 without JSON") from None
+            reply = _parse(content)
+            if reply is None:
+                raise SenderError("the WhatsApp API answered 200 without JSON")
             if not isinstance(reply, dict):
                 raise SenderError("the WhatsApp API answered 200 with a non-object body")
             return self._finish(reply)
-        try:
-            body = json.loads(content)
-        except ValueError:
-            body = None
-        error = api_error(status, body)
+        error = api_error(status, _parse(content))
         if error.retryable:
             retry = self._retry(error.code, f"error {error.code} (HTTP {status})")
             if retry is not None:
@@ -223,7 +218,9 @@ class GraphAPI:
     def read_receipt(self, message_id: str, *, typing: bool) -> GraphCall[None]:
         def confirmed(reply: dict[str, Any]) -> None:
             if reply.get("success") is not True:
-                raise SenderError(f"mark-as-read of {message_id!r} was not confirmed: {reply!r}")
+                raise SenderError(
+                    f"mark-as-read of {message_id!r} was not confirmed: {_brief(reply)}"
+                )
 
         return self._call(build_read_receipt(message_id, typing=typing), confirmed)
 
@@ -231,10 +228,25 @@ class GraphAPI:
         return GraphCall(self.url, self._headers, body, finish, self.retry_policy, self.timeout)
 
 
+def _parse(content: bytes) -> Any:
+    """The answer's JSON, or None. RecursionError too: a body nested 100,000 deep (a broken
+    proxy, a hostile base_url) must be our error, not the interpreter's."""
+    try:
+        return json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _brief(reply: object, limit: int = 300) -> str:
+    # An answer may be megabytes; an error message (and its log line) quotes only its start.
+    text = repr(reply)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _message_id(reply: dict[str, Any]) -> str:
     messages = reply.get("messages")
     first = messages[0] if isinstance(messages, list) and messages else None
     message_id = first.get("id") if isinstance(first, dict) else None
     if not isinstance(message_id, str):
-        raise SenderError(f"the WhatsApp API answer has no message id: {reply!r}")
+        raise SenderError(f"the WhatsApp API answer has no message id: {_brief(reply)}")
     return message_id

@@ -19,6 +19,8 @@ NEVER_RETRY = frozenset({0, 100, 190, 131008, 131009, 131021, 131026, 131030, 13
 #: Same sender to the same recipient too fast: Meta prescribes waiting 4^n seconds.
 PAIR_RATE_LIMIT = 131056
 _RETRYABLE_HTTP = frozenset({429, 500, 502, 503, 504})
+#: Longest message or details text kept from an error body (Meta's are a sentence or two).
+_MAX_TEXT = 1_000
 
 
 def is_retryable(code: int | None, http_status: int, transient: bool = False) -> bool:
@@ -46,17 +48,18 @@ def api_error(http_status: int, body: Any) -> WhatsAppAPIError:
     details = (
         data.get("details") if isinstance(data, dict) else data if isinstance(data, str) else None
     )
-    message = str(error.get("message") or "no message")
+    # Bounded: the body is the server's, and the message goes into every log line of it.
+    message = str(error.get("message") or "no message")[:_MAX_TEXT]
     transient = error.get("is_transient") is True
     return WhatsAppAPIError(
         f"WhatsApp API error {code} (HTTP {http_status}): {message}"
-        + (f" - {details}" if details else ""),
+        + (f" - {str(details)[:_MAX_TEXT]}" if details else ""),
         http_status=http_status,
         code=code,
         error_subcode=subcode,
         type=error.get("type") if isinstance(error.get("type"), str) else None,
         fbtrace_id=error.get("fbtrace_id") if isinstance(error.get("fbtrace_id"), str) else None,
-        details=str(details) if details is not None else None,
+        details=str(details)[:_MAX_TEXT] if details is not None else None,
         is_transient=transient,
         retryable=is_retryable(code, http_status, transient),
     )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
-from collections import OrderedDict
 
 from chat_orchestrator._io import Op, Sleep
 from chat_orchestrator.errors import LockTimeoutError, describe_chat_id
@@ -86,30 +86,38 @@ class KeyedLock:
 
 
 class ClaimTable:
-    """Keys seen in the last ``ttl`` seconds, in this process only."""
+    """Keys seen in the last ``ttl`` seconds, in this process only.
 
-    __slots__ = ("_deadlines", "_guard")
+    Deadlines sit in a heap as well as a dict: claims may carry different ttls, so the
+    oldest claim is not the first to expire, and only the heap finds every expired one (an
+    ordered dict swept from its oldest end keeps everything behind one long-lived claim).
+    """
+
+    __slots__ = ("_deadlines", "_guard", "_heap")
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._deadlines: OrderedDict[str, float] = OrderedDict()
+        self._deadlines: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
 
     def claim(self, key: str, ttl: float) -> bool:
         now = time.monotonic()
         with self._guard:
-            # Oldest first: drop what has expired so the table stays bounded by the ttl.
-            while self._deadlines:
-                oldest, deadline = next(iter(self._deadlines.items()))
-                if deadline > now:
-                    break
-                del self._deadlines[oldest]
-            current = self._deadlines.get(key)
+            heap, deadlines = self._heap, self._deadlines
+            while heap and heap[0][0] <= now:
+                deadline, expired = heapq.heappop(heap)
+                if deadlines.get(expired) == deadline:  # else re-claimed or released since
+                    del deadlines[expired]
+            current = deadlines.get(key)
             if current is not None and current > now:
                 return False
-            self._deadlines[key] = now + ttl
-            self._deadlines.move_to_end(key)
+            deadlines[key] = now + ttl
+            heapq.heappush(heap, (now + ttl, key))
             return True
 
     def release(self, key: str) -> None:
         with self._guard:
-            self._deadlines.pop(key, None)
+            self._deadlines.pop(key, None)  # its heap entry goes when its deadline passes
+
+    def __len__(self) -> int:
+        return len(self._deadlines)

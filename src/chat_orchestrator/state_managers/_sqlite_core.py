@@ -197,7 +197,9 @@ def record_from_row(chat_id: str, row: tuple[Any, ...] | None) -> StateRecord | 
     state_id, context, version = row
     try:
         if not isinstance(state_id, str) or type(version) is not int or version < 1:
-            raise ValueError(f"bad state {state_id!r} or version {version!r}")
+            # Bounded: a foreign row may hold a 100 KB blob, which would fill the log line.
+            state, ver = describe_chat_id(state_id), describe_chat_id(version)
+            raise ValueError(f"bad state {state} or version {ver}")
         if not isinstance(context, str):
             raise ValueError(f"context is {type(context).__name__}, not JSON text")
         return StateRecord(state_id, decode_context(context), version)

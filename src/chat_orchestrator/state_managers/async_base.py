@@ -33,6 +33,7 @@ from chat_orchestrator.state_managers.base import (
     fingerprint,
     validate_chat_id,
     validate_claim_key,
+    validate_claim_ttl,
 )
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ class AsyncStateManager(ABC):
         table: ClaimTable | None = self.__dict__.get("_claims")
         if table is None:
             table = self.__dict__.setdefault("_claims", ClaimTable())
-        return table.claim(validate_claim_key(key), ttl)
+        return table.claim(validate_claim_key(key), validate_claim_ttl(ttl))
 
     async def release_claim_async(self, key: str) -> None:
         table: ClaimTable | None = self.__dict__.get("_claims")

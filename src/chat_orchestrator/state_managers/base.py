@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -29,6 +30,7 @@ from chat_orchestrator.errors import (
     CorruptStateError,
     InvalidChatIdError,
     InvalidClaimKeyError,
+    InvalidClaimTTLError,
     InvalidStateIdError,
     VersionConflictError,
     describe_chat_id,
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_CHAT_ID_LENGTH",
     "MAX_CLAIM_KEY_LENGTH",
+    "MAX_CLAIM_TTL",
     "MAX_STATE_ID_LENGTH",
     "RecordStateManager",
     "StateManager",
@@ -49,6 +52,7 @@ __all__ = [
     "TurnLease",
     "validate_chat_id",
     "validate_claim_key",
+    "validate_claim_ttl",
     "validate_state_id",
     "validate_write",
 ]
@@ -104,6 +108,28 @@ def validate_claim_key(key: object) -> str:
     if type(key) is str and key.isascii() and 0 < len(key) <= MAX_CLAIM_KEY_LENGTH:
         return key
     return _validate_id(key, "claim key", MAX_CLAIM_KEY_LENGTH, InvalidClaimKeyError)
+
+
+#: Longest claim ttl accepted (seconds, 100 years): every backend can add it to a clock in ms
+#: (SQLite and Redis take 64-bit integers) and WhatsApp's retention is 7 days.
+MAX_CLAIM_TTL = 100 * 365 * 86_400
+
+
+def validate_claim_ttl(ttl: object) -> float:
+    """Return ``ttl`` if it is a positive, finite number of seconds up to :data:`MAX_CLAIM_TTL`.
+
+    Raises InvalidClaimTTLError: a NaN ttl would make every claim win (a message run twice),
+    and a str, an infinity or 1e300 would fail as a raw TypeError/OverflowError in a driver.
+    """
+    if type(ttl) is not float and type(ttl) is not int:
+        raise InvalidClaimTTLError(
+            f"claim ttl must be a number of seconds, not {type(ttl).__name__}"
+        )
+    if not (math.isfinite(ttl) and 0 < ttl <= MAX_CLAIM_TTL):
+        raise InvalidClaimTTLError(
+            f"claim ttl must be > 0 and at most {MAX_CLAIM_TTL} seconds, not {ttl!r}"
+        )
+    return ttl
 
 
 def validate_state_id(state_id: object) -> str:
@@ -309,7 +335,7 @@ class StateManager(ABC):
         Channels use it so a redelivered message runs at most once. Atomic across everything
         that shares the store in the built-in backends; this default is **process-local**.
         """
-        return self._claim_table().claim(validate_claim_key(key), ttl)
+        return self._claim_table().claim(validate_claim_key(key), validate_claim_ttl(ttl))
 
     def release_claim(self, key: str) -> None:
         """Forget ``key`` so it can be claimed again (no error if it is not claimed).

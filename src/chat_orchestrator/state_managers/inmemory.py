@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import threading
 from typing import Any
 
 from chat_orchestrator._io import run_async
@@ -30,7 +32,7 @@ class InMemoryStateManager(RecordStateManager):
     def __init__(self, *, lock_timeout: float | None = 60.0) -> None:
         self._records: dict[str, tuple[str, str, int]] = {}
         self._locks = KeyedLock()
-        self._lock_timeout = lock_timeout
+        self._lock_timeout = _checked_timeout(lock_timeout)
 
     # Seed methods write unconditionally, but bump the version so a concurrent turn notices.
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
@@ -95,6 +97,7 @@ class InMemoryStateManager(RecordStateManager):
 
     async def delete_state_async(self, chat_id: str) -> None:
         # Awaits the chat's lock like a turn, so a reset never lands inside a running turn.
+        chat_id = validate_chat_id(chat_id)  # as delete_state: a dict was a raw TypeError
         entry = await run_async(self._locks.acquire_op(chat_id, self._lock_timeout), no_io)
         try:
             self._records.pop(chat_id, None)
@@ -109,6 +112,18 @@ class InMemoryStateManager(RecordStateManager):
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+def _checked_timeout(lock_timeout: object) -> float | None:
+    # Checked here, not at the first turn: threading.Lock.acquire raises a raw ValueError for
+    # NaN or a negative number and OverflowError past TIMEOUT_MAX (an infinity: no limit).
+    if lock_timeout is None:
+        return None
+    if type(lock_timeout) is not float and type(lock_timeout) is not int:
+        raise TypeError(f"lock_timeout must be None or seconds, not {type(lock_timeout).__name__}")
+    if math.isnan(lock_timeout) or lock_timeout < 0:
+        raise ValueError(f"lock_timeout must be None or seconds >= 0, not {lock_timeout!r}")
+    return None if lock_timeout > threading.TIMEOUT_MAX else lock_timeout
 
 
 class _Held:

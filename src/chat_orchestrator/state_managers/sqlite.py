@@ -16,6 +16,7 @@ The statements and decisions live in ``_sqlite_core``; this module only runs the
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -34,13 +35,33 @@ from chat_orchestrator.state_managers._leased import (
     check_lease_settings,
 )
 from chat_orchestrator.state_managers._primitive_ops import BlockingLeasedStateManager
-from chat_orchestrator.state_managers.base import StateRecord, validate_chat_id
+from chat_orchestrator.state_managers.base import (
+    StateRecord,
+    validate_chat_id,
+    validate_claim_ttl,
+)
 
 __all__ = ["SQLiteStateManager"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 _INHERITED: list[_Connection] = []
+
+
+#: Longest lease (ms, 100 years): now + lease must fit SQLite's 64-bit INTEGER.
+_MAX_LEASE_MS = 100 * 365 * 86_400_000
+
+
+def _checked_busy_timeout(busy_timeout: object) -> float:
+    # sqlite3.connect takes NaN, negatives and infinities without a word (a busy database
+    # then fails at once or waits forever); a str fails there as a raw TypeError.
+    if type(busy_timeout) is not float and type(busy_timeout) is not int:
+        raise TypeError(f"busy_timeout must be seconds, not {type(busy_timeout).__name__}")
+    if not math.isfinite(busy_timeout) or busy_timeout < 0:
+        raise ValueError(
+            f"busy_timeout must be a finite number of seconds >= 0, not {busy_timeout!r}"
+        )
+    return busy_timeout
 
 
 def _now_ms() -> int:
@@ -93,8 +114,12 @@ class SQLiteStateManager(BlockingLeasedStateManager):
         self.path = Path(path)
         self.synchronous = sql.check_synchronous(synchronous)
         self._lease_level = sql.lease_synchronous(self.synchronous)
-        self._busy_timeout = busy_timeout
+        self._busy_timeout = _checked_busy_timeout(busy_timeout)
         self._lease_ms = check_lease_settings(lock_lease, lock_timeout)
+        if self._lease_ms > _MAX_LEASE_MS:  # a deadline is a 64-bit integer of ms in SQLite
+            raise ValueError(
+                f"lock_lease must be at most {_MAX_LEASE_MS // 1000} s, not {lock_lease!r}"
+            )
         self._lock_timeout = lock_timeout
         self._address = str(self.path)
         self._local = threading.local()
@@ -264,7 +289,7 @@ class SQLiteStateManager(BlockingLeasedStateManager):
         Expired claims are swept every few hundred claims, so the table stays small.
         """
         now = _now_ms()
-        params = (key, now + max(1, int(ttl * 1000)), now)
+        params = (key, now + max(1, int(validate_claim_ttl(ttl) * 1000)), now)
 
         def take() -> bool:
             db = self._connection().at(self.synchronous)
@@ -276,12 +301,13 @@ class SQLiteStateManager(BlockingLeasedStateManager):
                 _log.debug("swept %d expired claims from %s", swept, self.path)
             return taken
 
-        return self._call(f"claim key {key!r}", take)
+        # describe_chat_id: a key may be 16,384 characters; never put all of it in a log line.
+        return self._call(f"claim key {describe_chat_id(key)}", take)
 
     def _release_claim(self, key: str) -> None:
         """Forget ``key``'s claim (a turn that failed may run again on redelivery)."""
         self._call(
-            f"release key {key!r}",
+            f"release key {describe_chat_id(key)}",
             lambda: self._connection().at(self.synchronous).execute(sql.RELEASE_CLAIM, (key,)),
         )
 
