@@ -49,6 +49,7 @@ from chat_orchestrator.errors import (
 )
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.state_managers.async_base import require_sync
+from chat_orchestrator.state_managers.base import validate_claim_ttl
 
 __all__ = ["TurnFailure", "WhatsAppBot", "claim_key", "inbound_message"]
 
@@ -147,7 +148,8 @@ class WhatsAppBot:
             else orchestrator.orchestrator
         )
         self.webhook = webhook
-        self.retention = retention
+        # Checked here: a bad retention would otherwise refuse every claim, every message.
+        self.retention = validate_claim_ttl(retention)
         self.phone_number_id = phone_number_id
         self.on_status = on_status
         self.failures: deque[TurnFailure] = deque(maxlen=keep_failures)

@@ -21,6 +21,7 @@ thread is shared: a turn costs a dict insert and delete, not a thread or a round
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -43,6 +44,7 @@ from chat_orchestrator.state_managers.base import (
     TurnLease,
     validate_chat_id,
     validate_claim_key,
+    validate_claim_ttl,
     validate_write,
 )
 
@@ -292,11 +294,14 @@ class LeasedStateManager(RecordStateManager):
             yield Sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    def _save_op(self, chat_id: str, expected: int, state_id: str, text: str) -> Op[int]:
-        token = new_token()
+    def _save_op(
+        self, chat_id: str, token: str, expected: int, state_id: str, text: str
+    ) -> Op[int]:
         yield from self._acquire_and_load_op(chat_id, token)
         try:
             return (yield from self._write_op(chat_id, token, expected, state_id, text))
+        except GeneratorExit:
+            raise  # the driver is closing the op (cancelled): an op must not yield now
         except BaseException:
             yield from self._unlock_op(chat_id, token)
             raise
@@ -312,7 +317,7 @@ class LeasedStateManager(RecordStateManager):
         self._run(self._delete_op(validate_chat_id(chat_id)))
 
     def claim(self, key: str, ttl: float) -> bool:
-        return self._run(self._claim_op(validate_claim_key(key), ttl))
+        return self._run(self._claim_op(validate_claim_key(key), validate_claim_ttl(ttl)))
 
     def release_claim(self, key: str) -> None:
         self._run(self._release_claim_op(validate_claim_key(key)))
@@ -339,7 +344,7 @@ class LeasedStateManager(RecordStateManager):
         encoded: str | None = None,
     ) -> int:
         text = validate_write(chat_id, state_id, context, encoded)
-        return self._run(self._save_op(chat_id, expected_version, state_id, text))
+        return self._run(self._save_op(chat_id, new_token(), expected_version, state_id, text))
 
     @contextmanager
     def lock(self, chat_id: str) -> Iterator[None]:
@@ -356,7 +361,12 @@ class LeasedStateManager(RecordStateManager):
     def begin_turn(self, chat_id: str) -> TurnLease:
         validate_chat_id(chat_id)
         token = new_token()
-        record = self._run(self._acquire_and_load_op(chat_id, token))
+        try:
+            record = self._run(self._acquire_and_load_op(chat_id, token))
+        except KeyboardInterrupt:
+            # Interrupted with the lease command in flight (Ctrl-C): give the lease back.
+            self._run(self._unlock_op(chat_id, token))
+            raise
         return _LeasedTurn(self, chat_id, token, record)
 
     def _renew(self, chat_id: str, token: str) -> bool:
@@ -375,7 +385,8 @@ class LeasedStateManager(RecordStateManager):
         await self._run_async(self._delete_op(validate_chat_id(chat_id)))
 
     async def claim_async(self, key: str, ttl: float) -> bool:
-        return await self._run_async(self._claim_op(validate_claim_key(key), ttl))
+        op = self._claim_op(validate_claim_key(key), validate_claim_ttl(ttl))
+        return await self._run_async(op)
 
     async def release_claim_async(self, key: str) -> None:
         await self._run_async(self._release_claim_op(validate_claim_key(key)))
@@ -404,12 +415,26 @@ class LeasedStateManager(RecordStateManager):
         encoded: str | None = None,
     ) -> int:
         text = validate_write(chat_id, state_id, context, encoded)
-        return await self._run_async(self._save_op(chat_id, expected_version, state_id, text))
+        token = new_token()
+        try:
+            return await self._run_async(
+                self._save_op(chat_id, token, expected_version, state_id, text)
+            )
+        except asyncio.CancelledError:
+            await asyncio.shield(self._run_async(self._unlock_op(chat_id, token)))
+            raise
 
     async def begin_turn_async(self, chat_id: str) -> AsyncTurnLease:
         validate_chat_id(chat_id)
         token = new_token()
-        record = await self._run_async(self._acquire_and_load_op(chat_id, token))
+        try:
+            record = await self._run_async(self._acquire_and_load_op(chat_id, token))
+        except asyncio.CancelledError:
+            # Cancelled with the lease command in flight: the store may have granted the lease
+            # to a token nobody holds any more. Give it back (a no-op if it was not taken),
+            # shielded, so the chat is free at once instead of after a whole lease.
+            await asyncio.shield(self._run_async(self._unlock_op(chat_id, token)))
+            raise
         return _AsyncLeasedTurn(self, chat_id, token, record)
 
 

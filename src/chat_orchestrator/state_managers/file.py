@@ -53,6 +53,7 @@ from chat_orchestrator.state_managers.base import (
     StateRecord,
     validate_chat_id,
     validate_claim_key,
+    validate_claim_ttl,
     validate_write,
 )
 
@@ -207,7 +208,7 @@ class FileStateManager(RecordStateManager):
     # -- once-only markers -----------------------------------------------------------------
     def claim(self, key: str, ttl: float) -> bool:
         """A marker file per key in ``state_dir/claims``, linked complete or not at all."""
-        return self._markers.claim(validate_claim_key(key), ttl)
+        return self._markers.claim(validate_claim_key(key), validate_claim_ttl(ttl))
 
     def release_claim(self, key: str) -> None:
         """Forget ``key``'s marker (no error if there is none): the next claim wins."""
