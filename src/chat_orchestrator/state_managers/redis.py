@@ -180,6 +180,7 @@ class RedisStateManager(LeasedStateManager):
             self._client = build_client(client_options, socket_timeout, asynchronous=False)
             factory = partial(build_client, client_options, socket_timeout, asynchronous=True)
             self._async = AsyncClients(factory, None)
+        self._owns_client = client is None
         self._healthy = False  # no retry until a call has succeeded (see _command_op)
         self._key_cache: dict[str, tuple[str, str]] = {}
         self._prefix = key_prefix
@@ -366,6 +367,9 @@ class RedisStateManager(LeasedStateManager):
         self._client.close()
 
     async def close_async(self) -> None:
-        """Close this loop's async client (and the blocking one the lease renewer uses)."""
+        """Close this loop's async client (or ``async_client=``), and the blocking client the
+        lease renewer used if the manager built it (it reconnects on its next command); a
+        ``client=`` of the caller's is closed by ``close()``, which may end it for good."""
         await self._async.close_current()
-        self._client.close()  # only closes sockets: does not block the loop
+        if self._owns_client:
+            self._client.close()  # only closes sockets: does not block the loop
