@@ -29,6 +29,7 @@ from chat_orchestrator.errors import (
 )
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.senders.base import AsyncMessageSender
+from chat_orchestrator.state_managers._redis_clients import Direct
 from chat_orchestrator.state_managers.redis import RedisStateManager
 from chat_orchestrator.testing import RecordingSender
 from tests.helpers import counter_orchestrator, run_together
@@ -62,7 +63,7 @@ def test_the_async_path_uses_redis_asyncio_not_threads(redis_url: str) -> None:
         await manager.release_claim_async("k")
         await manager.delete_state_async("d")
         assert await manager.load_async("d") is None
-        assert isinstance(manager._async.current(), redis.asyncio.Redis)
+        assert isinstance(manager._async.current(), Direct)  # a redis.asyncio.Redis, driven
         await manager.close_async()
 
     asyncio.run(main())

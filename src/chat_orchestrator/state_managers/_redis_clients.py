@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["AsyncClient", "AsyncClients", "InThreads", "build_client"]
+__all__ = ["AsyncClient", "AsyncClients", "Direct", "InThreads", "build_client", "client_settings"]
 
 
 class AsyncClient(Protocol):
@@ -51,9 +51,36 @@ def build_client(options: dict[str, Any], socket_timeout: float, asynchronous: b
     kind: Any = redis.asyncio.Redis if asynchronous else redis.Redis
     settings = client_settings(socket_timeout, asynchronous)
     url = options.get("url")
-    if url is not None:
-        return kind.from_url(url, **settings)
-    return kind(**options, **settings)
+    client = kind(**options, **settings) if url is None else kind.from_url(url, **settings)
+    return Direct(client) if asynchronous else client
+
+
+class Direct:
+    """A ``redis.asyncio.Redis`` driven one level down: connection, send, read, release.
+
+    ``Redis.execute_command`` wraps every command in a retry loop (ours is off), metrics
+    and response callbacks (our commands have none); at 64 turns in flight that Python
+    costs more than the turn's own logic. Errors are the driver's own: a timeout, a
+    dropped connection or a cancellation disconnects the connection in ``read_response``,
+    exactly as under ``execute_command``.
+    """
+
+    __slots__ = ("_client", "_pool")
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._client, self._pool = client, client.connection_pool
+
+    async def execute_command(self, *args: Any) -> Any:
+        pool = self._pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_command(*args)
+            return await connection.read_response()
+        finally:
+            await pool.release(connection)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 class InThreads:
