@@ -6,7 +6,8 @@ Both kinds are built from the same parsed options with the same policy (decided 
 that opened them, so it must never serve another loop: :class:`AsyncClients` keeps one per
 loop, created on first use. A client whose loop has closed can no longer be closed cleanly; it
 is dropped when another loop first needs a client (otherwise its connections, which reference
-their loop, would keep the weakly held key alive forever).
+their loop, would keep the weakly held key alive forever). The manager's own async clients are
+driven through :class:`Direct`, one level below ``execute_command``.
 """
 
 from __future__ import annotations
