@@ -15,19 +15,28 @@ share a key.
 
 Every script is safe to repeat (a reply lost on the wire makes the command run twice): the
 claim and the lease carry the caller's token and treat "already mine" as success, and a write
-recognises its own completed write by the writer token it stored. That is what lets ``_call``
+recognises its own completed write by the writer token it stored. That is what lets ``_command_op``
 retry once after a timeout; the driver's own retries are off (its default, three retries with
 backoff, made a server that never answers cost 12x ``socket_timeout`` per call).
+
+Every operation is written once, as a generator (``chat_orchestrator._io``) that yields Redis
+commands as ``execute_command`` argument tuples: the EVAL fallback, the one retry, the error
+classification and the redaction are decided in the operation, and the sync methods run it on
+a blocking ``redis.Redis`` while the ``..._async`` ones await a ``redis.asyncio`` client of the
+running loop (``_redis_clients``). Both send the same scripts, so sync and async workers share
+one Redis safely.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
 
-from chat_orchestrator._jsonctx import decode_context, encode_context
+from chat_orchestrator._io import Op
+from chat_orchestrator._jsonctx import decode_context
 from chat_orchestrator.errors import (
     CorruptStateError,
     MissingDependencyError,
@@ -39,10 +48,10 @@ from chat_orchestrator.errors import (
 from chat_orchestrator.state_managers._leased import (
     DEFAULT_LOCK_LEASE,
     DEFAULT_LOCK_TIMEOUT,
+    LeasedStateManager,
     check_lease_settings,
     new_token,
 )
-from chat_orchestrator.state_managers._primitive_ops import BlockingLeasedStateManager
 from chat_orchestrator.state_managers._redis_scripts import (
     ACQUIRE_AND_LOAD,
     CLAIM,
@@ -52,23 +61,28 @@ from chat_orchestrator.state_managers._redis_scripts import (
     SET,
     Script,
 )
-from chat_orchestrator.state_managers.base import (
-    StateRecord,
-)
+from chat_orchestrator.state_managers.base import StateRecord
 
 try:
     import redis
-    from redis.backoff import NoBackoff
     from redis.cluster import RedisCluster
     from redis.connection import parse_url
-    from redis.retry import Retry
+
+    from chat_orchestrator.state_managers._redis_clients import (
+        AsyncClient,
+        AsyncClients,
+        InThreads,
+        build_client,
+    )
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("redis", "redis") from exc
 
 __all__ = ["RedisStateManager"]
 
-T = TypeVar("T")
 logger = logging.getLogger(__name__)
+
+#: One Redis command: the arguments of ``execute_command``.
+Command = tuple[Any, ...]
 
 # The key cache is per manager and bounded: ids can be 16,384 characters, and a process-wide
 # cache kept thousands of them alive for good. Long ids are not worth caching at all.
@@ -97,22 +111,7 @@ def _text(value: bytes | str) -> str:
     return value if isinstance(value, str) else value.decode("utf-8")
 
 
-def _new_client(options: dict[str, Any], socket_timeout: float) -> redis.Redis:
-    # retry: no driver retries (see the module docstring); _call retries once itself.
-    # driver_info=None: no CLIENT SETINFO handshake, one round trip less on every connect.
-    settings: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": socket_timeout,
-        "retry": Retry(NoBackoff(), 0),
-        "driver_info": None,
-    }
-    url = options.pop("url", None)
-    if url is not None:
-        return redis.Redis.from_url(url, **settings)
-    return redis.Redis(**options, **settings)
-
-
-class RedisStateManager(BlockingLeasedStateManager):
+class RedisStateManager(LeasedStateManager):
     """State in Redis (standalone or Cluster) for any number of worker processes.
 
     ``lock_lease`` (s, default 10): how long a dead worker's lock outlives it; a live turn's
@@ -121,6 +120,12 @@ class RedisStateManager(BlockingLeasedStateManager):
     before LockTimeoutError; longer than the lease, so a chat whose worker was killed mid-turn
     is free again before the next message gives up.
     ``ttl`` (s, optional): forget a chat after this long without a write.
+
+    The ``..._async`` methods use a ``redis.asyncio`` client per event loop, built from the
+    same options (call ``await close_async()`` before a loop ends). With ``client=`` (a
+    ``redis.Redis`` or ``RedisCluster`` of your own), pass its ``redis.asyncio`` twin as
+    ``async_client=`` too; without one the async path runs ``client``'s commands in worker
+    threads. ``async_client=`` needs ``client=``: leases are renewed from a thread.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class RedisStateManager(BlockingLeasedStateManager):
         *,
         url: str | None = None,
         client: redis.Redis | RedisCluster | None = None,
+        async_client: AsyncClient | None = None,
         key_prefix: str = "chat:",
         ttl: float | None = None,
         lock_lease: float = DEFAULT_LOCK_LEASE,
@@ -140,6 +146,11 @@ class RedisStateManager(BlockingLeasedStateManager):
     ) -> None:
         if "{" in key_prefix or "}" in key_prefix:
             raise ValueError("key_prefix must not contain braces: they mark cluster hash tags")
+        if async_client is not None and client is None:
+            raise ValueError(
+                "async_client= needs client= (its blocking twin): the sync methods and the "
+                "lease renewer thread use it"
+            )
         self._password: str | None = password
         self._client: redis.Redis | RedisCluster
         if client is not None:
@@ -152,6 +163,8 @@ class RedisStateManager(BlockingLeasedStateManager):
             else:
                 node = client.get_default_node()  # type: ignore[no-untyped-call]
                 self._address = "cluster" if node is None else f"cluster at {node.name}"
+            given = InThreads(client) if async_client is None else async_client
+            self._async = AsyncClients(None, given)
         else:
             if url is not None:
                 try:
@@ -164,8 +177,11 @@ class RedisStateManager(BlockingLeasedStateManager):
             else:
                 client_options = {"host": host, "port": port, "db": db, "password": password}
                 self._address = _address(client_options)
-            self._client = _new_client(client_options, socket_timeout)
-        self._healthy = False  # no retry until a call has succeeded (see _call)
+            self._client = build_client(client_options, socket_timeout, asynchronous=False)
+            factory = partial(build_client, client_options, socket_timeout, asynchronous=True)
+            self._async = AsyncClients(factory, None)
+        self._owns_client = client is None
+        self._healthy = False  # no retry until a call has succeeded (see _command_op)
         self._key_cache: dict[str, tuple[str, str]] = {}
         self._prefix = key_prefix
         self._ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
@@ -197,29 +213,33 @@ class RedisStateManager(BlockingLeasedStateManager):
     def _claim_key(self, key: str) -> str:
         return f"{_tagged(self._prefix, key)}m:{key}"
 
-    def _script(self, script: Script, keys: tuple[str, ...], *args: str | int) -> Any:
-        # EVALSHA through execute_command: redis-py's Script.__call__ costs several
-        # microseconds per call in Python, a turn makes two, and a turn should cost little
-        # more than the two round trips themselves. Cluster clients route EVALSHA by its keys.
-        try:
-            return self._client.execute_command(  # type: ignore[no-untyped-call]
-                "EVALSHA", script.sha, len(keys), *keys, *args
-            )
-        except redis.exceptions.NoScriptError:  # a restarted or flushed server: EVAL loads it
-            return self._client.execute_command(  # type: ignore[no-untyped-call]
-                "EVAL", script.source, len(keys), *keys, *args
-            )
+    # -- the two I/O layers: one command each --------------------------------------------------
+    def _execute(self, command: Command) -> Any:
+        return self._client.execute_command(*command)  # type: ignore[no-untyped-call]
 
-    # -- plumbing ---------------------------------------------------------------------------
-    def _call(self, what: str, chat_id: str, function: Callable[[], T]) -> T:
-        # Every operation here is safe to repeat, so one lost reply (a timeout or a dropped
-        # connection after the command was sent) is retried once, at once. Only while the
-        # server has been answering: a server that never answers costs one socket_timeout
-        # per call, not two.
+    async def _execute_async(self, command: Command) -> Any:
+        return await self._async.current().execute_command(*command)
+
+    # -- plumbing: every command goes through here ---------------------------------------------
+    def _command_op(
+        self, what: str, chat_id: str, command: Command, fallback: Command | None = None
+    ) -> Op[Any]:
+        """Run ``command`` (``fallback`` on NOSCRIPT), retrying once, errors of our tree.
+
+        Every operation here is safe to repeat, so one lost reply (a timeout or a dropped
+        connection after the command was sent) is retried once, at once. Only while the
+        server has been answering: a server that never answers costs one socket_timeout
+        per call, not two.
+        """
         retry = self._healthy
         while True:
             try:
-                result = function()
+                try:
+                    result = yield command
+                except redis.exceptions.NoScriptError:
+                    if fallback is None:
+                        raise
+                    result = yield fallback  # a restarted or flushed server: EVAL loads it
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if retry:
                     retry = False
@@ -243,6 +263,19 @@ class RedisStateManager(BlockingLeasedStateManager):
             self._healthy = True
             return result
 
+    def _script_op(
+        self, what: str, chat_id: str, script: Script, keys: tuple[str, ...], *args: str | int
+    ) -> Op[Any]:
+        # EVALSHA as a plain command: redis-py's Script.__call__ costs several microseconds
+        # per call in Python, a turn makes two, and a turn should cost little more than the
+        # two round trips themselves. Cluster clients route EVALSHA by its keys.
+        tail = (len(keys), *keys, *args)
+        return (
+            yield from self._command_op(
+                what, chat_id, ("EVALSHA", script.sha, *tail), ("EVAL", script.source, *tail)
+            )
+        )
+
     def _redact(self, text: str) -> str:
         # The server's error texts do not echo credentials; this is a second line of defence.
         return text.replace(self._password, "***") if self._password else text
@@ -259,42 +292,34 @@ class RedisStateManager(BlockingLeasedStateManager):
 
     # -- seed methods -----------------------------------------------------------------------
     # The base validated every argument before these run (a dict id would be a query operator).
-    def _set(self, chat_id: str, state_id: str, text: str) -> None:
+    def _set_op(self, chat_id: str, state_id: str, text: str) -> Op[None]:
         record_key, _ = self.keys_for(chat_id)
         writer = new_token()
-        self._call(
-            "write chat",
-            chat_id,
-            lambda: self._script(SET, (record_key,), state_id, text, self._ttl_ms, writer),
+        yield from self._script_op(
+            "write chat", chat_id, SET, (record_key,), state_id, text, self._ttl_ms, writer
         )
 
-    def _delete(self, chat_id: str) -> None:
+    def _delete_op(self, chat_id: str) -> Op[None]:
         record_key, _ = self.keys_for(chat_id)
-        self._call("delete chat", chat_id, lambda: self._client.delete(record_key))
+        yield from self._command_op("delete chat", chat_id, ("DEL", record_key))
 
     # -- versioned records ------------------------------------------------------------------
-    def _load(self, chat_id: str) -> StateRecord | None:
+    def _load_op(self, chat_id: str) -> Op[StateRecord | None]:
         record_key, _ = self.keys_for(chat_id)
-        v, s, c = self._call(
-            "read chat", chat_id, lambda: self._client.hmget(record_key, ["v", "s", "c"])
+        v, s, c = yield from self._command_op(
+            "read chat", chat_id, ("HMGET", record_key, "v", "s", "c")
         )
         return self._record(chat_id, v, s, c)
 
-    def _write(
-        self,
-        chat_id: str,
-        token: str | None,
-        expected: int,
-        state_id: str,
-        context: dict[str, Any],
-        encoded: str | None,
-    ) -> int:
-        text = encode_context(context) if encoded is None else encoded
-        keys = self.keys_for(chat_id)
+    def _write_op(
+        self, chat_id: str, token: str | None, expected: int, state_id: str, text: str
+    ) -> Op[int]:
         release = 0 if token is None else 1
         writer = token or new_token()
         args = (token or "", expected, state_id, text, self._ttl_ms, release, writer)
-        result = self._call("write chat", chat_id, lambda: self._script(SAVE, keys, *args))
+        result = yield from self._script_op(
+            "write chat", chat_id, SAVE, self.keys_for(chat_id), *args
+        )
         if isinstance(result, list):
             reason, found = _text(result[0]), int(result[1])
             detail = "another worker holds its lock" if reason == "locked" else "it changed"
@@ -305,42 +330,46 @@ class RedisStateManager(BlockingLeasedStateManager):
         return int(result)
 
     # -- once-only markers -----------------------------------------------------------------
-    def _claim(self, key: str, ttl: float) -> bool:
+    def _claim_op(self, key: str, ttl: float) -> Op[bool]:
         """``SET <marker> <token> NX PX ttl``: one key, one slot, atomic across workers."""
         marker = (self._claim_key(key),)
         ttl_ms = max(1, int(ttl * 1000))
         token = new_token()  # a repeat after a lost reply finds its own token: still claimed
-        return bool(self._call("claim", key, lambda: self._script(CLAIM, marker, token, ttl_ms)))
+        return bool((yield from self._script_op("claim", key, CLAIM, marker, token, ttl_ms)))
 
-    def _release_claim(self, key: str) -> None:
+    def _release_claim_op(self, key: str) -> Op[None]:
         """Forget a claim (the work it guarded did not happen), so the key may be claimed again."""
-        marker = self._claim_key(key)
-        self._call("release claim", key, lambda: self._client.delete(marker))
+        yield from self._command_op("release claim", key, ("DEL", self._claim_key(key)))
 
     # -- leases ---------------------------------------------------------------------------
-    def _try_acquire(self, chat_id: str, token: str) -> tuple[bool, StateRecord | None]:
+    def _acquire_op(self, chat_id: str, token: str) -> Op[tuple[bool, StateRecord | None]]:
         keys = self.keys_for(chat_id)
-        reply = self._call(
-            "lock chat",
-            chat_id,
-            lambda: self._script(ACQUIRE_AND_LOAD, keys, token, self._lease_ms),
+        reply = yield from self._script_op(
+            "lock chat", chat_id, ACQUIRE_AND_LOAD, keys, token, self._lease_ms
         )
         if reply[0] == 1:
             return True, self._record(chat_id, reply[1], reply[2], reply[3])
         return False, None
 
-    def _unlock(self, chat_id: str, token: str) -> None:
+    def _unlock_op(self, chat_id: str, token: str) -> Op[None]:
         _, lock_key = self.keys_for(chat_id)
-        self._call("unlock chat", chat_id, lambda: self._script(RELEASE, (lock_key,), token))
+        yield from self._script_op("unlock chat", chat_id, RELEASE, (lock_key,), token)
 
-    def _renew(self, chat_id: str, token: str) -> bool:
+    def _renew_op(self, chat_id: str, token: str) -> Op[bool]:
         _, lock_key = self.keys_for(chat_id)
-        renewed = self._call(
-            "renew the lock of",
-            chat_id,
-            lambda: self._script(RENEW, (lock_key,), token, self._lease_ms),
+        renewed = yield from self._script_op(
+            "renew the lock of", chat_id, RENEW, (lock_key,), token, self._lease_ms
         )
         return bool(renewed)
 
+    # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         self._client.close()
+
+    async def close_async(self) -> None:
+        """Close this loop's async client (or ``async_client=``), and the blocking client the
+        lease renewer used if the manager built it (it reconnects on its next command); a
+        ``client=`` of the caller's is closed by ``close()``, which may end it for good."""
+        await self._async.close_current()
+        if self._owns_client:
+            self._client.close()  # only closes sockets: does not block the loop
