@@ -21,7 +21,8 @@
      │    ├── CorruptStateError                a stored record cannot be read
      │    ├── VersionConflictError             a conditional write lost against another writer
      │    ├── LockTimeoutError                 the chat's lock could not be had in time
-     │    └── StoreURLError (ValueError)       a store URL that cannot be opened (no secrets)
+     │    ├── StoreURLError (ValueError)       a store URL that cannot be opened (no secrets)
+     │    └── StoreCapabilityError             the store cannot do that (list chats: seed-only)
      ├── SenderError                      a message could not be sent
      │    ├── InvalidMessageError (ValueError) refused before any HTTP (too long, 4 buttons...)
      │    ├── SenderTimeoutError               no answer in time: it may or may not have been sent
@@ -54,6 +55,7 @@ __all__ = [
     "StateManagerError",
     "StateManagerUnavailableError",
     "StepError",
+    "StoreCapabilityError",
     "StoreURLError",
     "TransitionError",
     "TurnError",
@@ -167,6 +169,10 @@ class LockTimeoutError(StateManagerError):
 
 class StoreURLError(StateManagerError, ValueError):
     """A store URL is malformed, of an unknown scheme or has bad options; credentials redacted."""
+
+
+class StoreCapabilityError(StateManagerError):
+    """The store cannot do what was asked (a user's seed-only manager cannot list its chats)."""
 
 
 class SenderError(ChatOrchestratorError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from chat_orchestrator._jsonctx import decode_context, encode_context
@@ -33,7 +33,9 @@ from chat_orchestrator.state_managers._leased import (
 )
 from chat_orchestrator.state_managers._primitive_ops import BlockingLeasedStateManager
 from chat_orchestrator.state_managers.base import (
+    ChatInfo,
     StateRecord,
+    validate_chat_id,
 )
 
 try:
@@ -61,6 +63,7 @@ __all__ = ["MongoDBStateManager"]
 
 T = TypeVar("T")
 _RECORD_FIELDS = {"s": 1, "c": 1, "v": 1}
+_INFO_FIELDS = {"s": 1, "v": 1, "at": 1}
 
 
 def _now_ms() -> int:
@@ -300,6 +303,59 @@ class MongoDBStateManager(BlockingLeasedStateManager):
 
     def close(self) -> None:
         self._collection.database.client.close()
+
+    # -- operator tools ----------------------------------------------------------------------
+    #: Documents per cursor batch of :meth:`iter_chats`.
+    list_batch = 1000
+
+    def _scan_chats(self, state: str | None, cutoff: float | None) -> Iterator[ChatInfo]:
+        # A server-side cursor with a projection: the filters run in the server and the
+        # contexts never cross the wire. A record without ``at`` (none should exist) is idle.
+        query: dict[str, Any] = {"v": {"$exists": True}}
+        if state is not None:
+            query["s"] = state
+        if cutoff is not None:
+            query["$or"] = [{"at": {"$lte": _from_ms(int(cutoff * 1000))}}, {"at": None}]
+        cursor = self._call(
+            "list",
+            "*",
+            lambda: self._collection.find(query, _INFO_FIELDS, batch_size=self.list_batch),
+        )
+        with cursor:
+            while True:
+                doc = self._call("list", "*", lambda: next(cursor, None))
+                if doc is None:
+                    return
+                yield self._info(doc)
+
+    def chat_info(self, chat_id: str) -> ChatInfo | None:
+        validate_chat_id(chat_id)
+        doc = self._call(
+            "read",
+            chat_id,
+            lambda: self._collection.find_one(
+                {"_id": chat_id, "v": {"$exists": True}}, _INFO_FIELDS
+            ),
+        )
+        return None if doc is None else self._info(doc)
+
+    @staticmethod
+    def _info(doc: dict[str, Any]) -> ChatInfo:
+        chat_id, state_id, version = doc["_id"], doc.get("s"), doc.get("v")
+        if (
+            not isinstance(chat_id, str)
+            or not isinstance(state_id, str)
+            or type(version) is not int
+        ):
+            raise CorruptStateError(
+                f"the MongoDB record of chat {describe_chat_id(chat_id)} has bad fields"
+            )
+        at = doc.get("at")
+        if isinstance(at, dt.datetime):
+            updated: float | None = (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).timestamp()
+        else:
+            updated = None
+        return ChatInfo(chat_id, state_id, version, updated)
 
 
 def _utcnow() -> dt.datetime:
