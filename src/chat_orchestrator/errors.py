@@ -22,7 +22,8 @@
      │    ├── VersionConflictError             a conditional write lost against another writer
      │    ├── LockTimeoutError                 the chat's lock could not be had in time
      │    ├── StoreURLError (ValueError)       a store URL that cannot be opened (no secrets)
-     │    └── StoreCapabilityError             the store cannot do that (list chats: seed-only)
+     │    ├── StoreCapabilityError             the store cannot do that (list chats: seed-only)
+     │    └── ChatImportError (ValueError)     a line of a chats export that cannot be imported
      ├── SenderError                      a message could not be sent
      │    ├── InvalidMessageError (ValueError) refused before any HTTP (too long, 4 buttons...)
      │    ├── SenderTimeoutError               no answer in time: it may or may not have been sent
@@ -36,6 +37,7 @@ A turn that fails with any of these leaves the stored record exactly as it was.
 from __future__ import annotations
 
 __all__ = [
+    "ChatImportError",
     "ChatOrchestratorError",
     "ContextError",
     "ContextSerializationError",
@@ -173,6 +175,10 @@ class StoreURLError(StateManagerError, ValueError):
 
 class StoreCapabilityError(StateManagerError):
     """The store cannot do what was asked (a user's seed-only manager cannot list its chats)."""
+
+
+class ChatImportError(StateManagerError, ValueError):
+    """A line of a JSON Lines chats export is malformed; the message names the line."""
 
 
 class SenderError(ChatOrchestratorError):

@@ -35,6 +35,7 @@ from chat_orchestrator.state_managers._primitive_ops import BlockingLeasedStateM
 from chat_orchestrator.state_managers.base import (
     ChatInfo,
     StateRecord,
+    keep_chat,
     validate_chat_id,
 )
 
@@ -309,13 +310,12 @@ class MongoDBStateManager(BlockingLeasedStateManager):
     list_batch = 1000
 
     def _scan_chats(self, state: str | None, cutoff: float | None) -> Iterator[ChatInfo]:
-        # A server-side cursor with a projection: the filters run in the server and the
-        # contexts never cross the wire. A record without ``at`` (none should exist) is idle.
+        # A server-side cursor with a projection: the state filter runs in the server and the
+        # contexts never cross the wire. The idle filter runs here, on the projected ``at``:
+        # servers differ in how they compare dates (nx-27017 hands them back as text).
         query: dict[str, Any] = {"v": {"$exists": True}}
         if state is not None:
             query["s"] = state
-        if cutoff is not None:
-            query["$or"] = [{"at": {"$lte": _from_ms(int(cutoff * 1000))}}, {"at": None}]
         cursor = self._call(
             "list",
             "*",
@@ -326,7 +326,9 @@ class MongoDBStateManager(BlockingLeasedStateManager):
                 doc = self._call("list", "*", lambda: next(cursor, None))
                 if doc is None:
                     return
-                yield self._info(doc)
+                info = self._info(doc)
+                if keep_chat(info, None, cutoff):
+                    yield info
 
     def chat_info(self, chat_id: str) -> ChatInfo | None:
         validate_chat_id(chat_id)
@@ -350,16 +352,23 @@ class MongoDBStateManager(BlockingLeasedStateManager):
             raise CorruptStateError(
                 f"the MongoDB record of chat {describe_chat_id(chat_id)} has bad fields"
             )
-        at = doc.get("at")
-        if isinstance(at, dt.datetime):
-            updated: float | None = (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).timestamp()
-        else:
-            updated = None
-        return ChatInfo(chat_id, state_id, version, updated)
+        return ChatInfo(chat_id, state_id, version, _epoch(doc.get("at")))
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _epoch(at: object) -> float | None:
+    """``at`` (a BSON date, naive UTC as pymongo returns it, or ISO text) in epoch seconds."""
+    if isinstance(at, str):
+        try:
+            at = dt.datetime.fromisoformat(at)
+        except ValueError:
+            return None
+    if not isinstance(at, dt.datetime):
+        return None
+    return (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def _from_ms(epoch_ms: int) -> dt.datetime:

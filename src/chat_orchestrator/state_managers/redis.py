@@ -365,7 +365,9 @@ class RedisStateManager(BlockingLeasedStateManager):
                 cursor, found = self._call(
                     "list chats",
                     "*",
-                    partial(client.scan, cursor, match=pattern, count=self.list_batch),
+                    partial(
+                        client.scan, cursor, match=pattern, count=self.list_batch, _type="hash"
+                    ),
                 )
                 keys.extend(found)
                 if len(keys) >= self.list_batch or cursor == 0:
