@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from chat_orchestrator._lazy import lazy_attributes
 from chat_orchestrator.conversation import Conversation, Turn, state
 from chat_orchestrator.errors import (
+    ChatImportError,
     ChatOrchestratorError,
     ContextError,
     ContextSerializationError,
@@ -33,6 +34,8 @@ from chat_orchestrator.errors import (
     StateManagerError,
     StateManagerUnavailableError,
     StepError,
+    StoreCapabilityError,
+    StoreURLError,
     TransitionError,
     TurnError,
     UnknownStateError,
@@ -48,13 +51,16 @@ from chat_orchestrator.orchestrator import (
 )
 from chat_orchestrator.senders import ConsoleMessageSender, MessageSender
 from chat_orchestrator.state_managers import (
+    ChatInfo,
     FileStateManager,
     InMemoryStateManager,
     RecordStateManager,
+    SQLiteStateManager,
     StateManager,
     StateRecord,
     TurnLease,
 )
+from chat_orchestrator.stores import open_store, register_store
 from chat_orchestrator.testing import ConversationTester, RecordingSender, SentMessage
 
 if TYPE_CHECKING:
@@ -77,6 +83,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChatImportError",
+    "ChatInfo",
     "ChatOrchestrator",
     "ChatOrchestratorError",
     "ConsoleMessageSender",
@@ -100,6 +108,7 @@ __all__ = [
     "MissingDependencyError",
     "RecordStateManager",
     "RecordingSender",
+    "SQLiteStateManager",
     "SenderError",
     "SenderTimeoutError",
     "SentMessage",
@@ -110,6 +119,8 @@ __all__ = [
     "StepError",
     "StepFunction",
     "StepResult",
+    "StoreCapabilityError",
+    "StoreURLError",
     "TransitionError",
     "Turn",
     "TurnError",
@@ -120,6 +131,8 @@ __all__ = [
     "WebhookError",
     "WhatsAppAPIError",
     "__version__",
+    "open_store",
+    "register_store",
     "state",
 ]
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from chat_orchestrator._lazy import lazy_attributes
 from chat_orchestrator.state_managers.base import (
+    ChatInfo,
     RecordStateManager,
     StateManager,
     StateRecord,
@@ -16,15 +17,18 @@ from chat_orchestrator.state_managers.base import (
 )
 from chat_orchestrator.state_managers.file import FileStateManager
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
+from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
 
 if TYPE_CHECKING:
     from chat_orchestrator.state_managers.mongodb import MongoDBStateManager as MongoDBStateManager
     from chat_orchestrator.state_managers.redis import RedisStateManager as RedisStateManager
 
 __all__ = [
+    "ChatInfo",
     "FileStateManager",
     "InMemoryStateManager",
     "RecordStateManager",
+    "SQLiteStateManager",
     "StateManager",
     "StateRecord",
     "TurnLease",
