@@ -357,3 +357,12 @@ def test_chat_info_matches_the_listing(store: StateManager) -> None:
     assert info is not None
     assert [info] == list(store.iter_chats())
     assert store.chat_info("none") is None
+
+
+def test_readme_operators_example_runs(tmp_path: Path) -> None:
+    from tests.helpers import run_python
+    from tests.test_readme import readme_block
+
+    result = run_python(readme_block("<!-- operators-example -->"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("['u1'] 1 created, 0 updated, 0 unchanged, 0 skipped")
