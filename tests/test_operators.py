@@ -117,7 +117,9 @@ def test_listing_streams_past_one_page(store: StateManager) -> None:
     iterator = store.iter_chats()
     first = next(iterator)  # lazily: a generator, not a list built up front
     assert first.chat_id in ids
-    assert {first.chat_id} | {info.chat_id for info in iterator} == ids
+    rest = list(iterator)
+    assert {first.chat_id} | {info.chat_id for info in rest} == ids
+    assert all(info.updated_at is not None for info in rest)  # the seed write stamps it too
 
 
 def test_seed_only_manager_cannot_list_chats() -> None:
