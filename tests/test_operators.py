@@ -323,6 +323,8 @@ def test_redis_lists_old_records_without_a_timestamp_and_only_its_own_prefix(
     raw = redis.Redis.from_url(redis_url)
     raw.hset(record_key, mapping={"v": 3, "s": "old", "c": "{}", "w": "x"})
     raw.set("p*[x]:{0123456789abcdef}:s:forged", "not a chat")  # fits the pattern, not a hash
+    raw.hset(b"p*[x]:{0123456789abcdef}:s:\xff", mapping={"v": 1, "s": "x"})  # not UTF-8
+    raw.hset("p*[x]:{0123456789abcdef}:s:", mapping={"v": 1, "s": "x"})  # a tag of nothing
     listed = {info.chat_id: info for info in store.iter_chats()}
     assert set(listed) == {"new", "legacy"}
     assert listed["legacy"].updated_at is None

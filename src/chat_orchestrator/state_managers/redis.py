@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from functools import partial
 from typing import Any, TypeVar
 
 from chat_orchestrator._jsonctx import decode_context, encode_context
@@ -45,6 +44,7 @@ from chat_orchestrator.state_managers._leased import (
     new_token,
 )
 from chat_orchestrator.state_managers._primitive_ops import BlockingLeasedStateManager
+from chat_orchestrator.state_managers._redis_listing import record_info, scan_chats
 from chat_orchestrator.state_managers._redis_scripts import (
     ACQUIRE_AND_LOAD,
     CLAIM,
@@ -57,7 +57,6 @@ from chat_orchestrator.state_managers._redis_scripts import (
 from chat_orchestrator.state_managers.base import (
     ChatInfo,
     StateRecord,
-    keep_chat,
     validate_chat_id,
 )
 
@@ -355,74 +354,11 @@ class RedisStateManager(BlockingLeasedStateManager):
     list_batch = 1000
 
     def _scan_chats(self, state: str | None, cutoff: float | None) -> Iterator[ChatInfo]:
-        # SCAN with a MATCH on the record-key pattern: the server walks its keyspace in
-        # steps, we hold one batch at a time. A cluster is scanned master by master.
-        pattern = f"{_glob_escape(self._prefix)}{{{'?' * 16}}}:s:*"
-        for client in self._scan_clients():
-            keys: list[bytes | str] = []
-            cursor = 0
-            while True:
-                cursor, found = self._call(
-                    "list chats",
-                    "*",
-                    partial(
-                        client.scan, cursor, match=pattern, count=self.list_batch, _type="hash"
-                    ),
-                )
-                keys.extend(found)
-                if len(keys) >= self.list_batch or cursor == 0:
-                    yield from self._infos(client, keys, state, cutoff)
-                    keys = []
-                if cursor == 0:
-                    break
-
-    def _scan_clients(self) -> list[redis.Redis]:
-        if isinstance(self._client, RedisCluster):
-            cluster = self._client
-            primaries = self._call("list the masters of", "*", cluster.get_primaries)
-            return [cluster.get_redis_connection(node) for node in primaries]
-        return [self._client]
-
-    def _infos(
-        self, client: redis.Redis, keys: list[bytes | str], state: str | None, cutoff: float | None
-    ) -> Iterator[ChatInfo]:
-        if not keys:
-            return
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hmget(key, ["v", "s", "t"])
-        replies = self._call("list chats", "*", pipe.execute)
-        start = len(self._prefix) + 21  # prefix, "{" 16 hex digits "}", ":s:"
-        for key, (v, s, t) in zip(keys, replies, strict=True):
-            name = _text_key(key)
-            chat_id = name[start:]
-            if v is None or self.keys_for(chat_id)[0] != name:
-                continue  # deleted since the SCAN, or a foreign key that fits the pattern
-            info = _info(chat_id, v, s, t)
-            if keep_chat(info, state, cutoff):
-                yield info
+        return scan_chats(self, state, cutoff)
 
     def chat_info(self, chat_id: str) -> ChatInfo | None:
         record_key, _ = self.keys_for(validate_chat_id(chat_id))
         v, s, t = self._call(
             "read chat", chat_id, lambda: self._client.hmget(record_key, ["v", "s", "t"])
         )
-        return None if v is None else _info(chat_id, v, s, t)
-
-
-def _info(chat_id: str, v: Any, s: Any, t: Any) -> ChatInfo:
-    try:
-        return ChatInfo(chat_id, _text(s), int(v), None if t is None else int(t) / 1000)
-    except (AttributeError, TypeError, ValueError) as exc:  # e.g. a hash without ``s``
-        raise CorruptStateError(
-            f"the Redis record of chat {describe_chat_id(chat_id)} cannot be read: {exc}"
-        ) from exc
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` as a literal in a SCAN MATCH pattern."""
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
-def _text_key(key: bytes | str) -> str:
-    return key if isinstance(key, str) else key.decode("utf-8", "surrogateescape")
+        return None if v is None else record_info(chat_id, v, s, t)
