@@ -55,6 +55,9 @@ def test_list_show_set_and_reset(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert [json.loads(line)["chat_id"] for line in out.splitlines()] == ["bob\tx"]
     code, out, _ = chats("list", "--store", url, "--idle-for", "1h", capsys=capsys)
     assert out.splitlines()[1:] == []
+    code, out, err = chats("export", "--store", url, "--state", "confirm", capsys=capsys)
+    assert [json.loads(line)["chat_id"] for line in out.splitlines()] == ["bob\tx"]
+    assert err == "exported 1 chats\n"
     code, out, _ = chats("show", "--store", url, "bob\tx", capsys=capsys)
     assert json.loads(out)["context"] == {"name": "Bob", "age": 30, "age_retries": 1}
     code, _, err = chats("show", "--store", url, "nobody", capsys=capsys)

@@ -331,6 +331,12 @@ def test_redis_lists_old_records_without_a_timestamp_and_only_its_own_prefix(
     assert listed["legacy"].version == 3
     assert [info.chat_id for info in store.iter_chats(idle_for=3600)] == ["legacy"]
     assert {info.chat_id for info in nested.iter_chats()} == {"nested"}
+    # Of unknown age, so an import does not overwrite it unless forced.
+    line = '{"chat_id":"legacy","state_id":"s","version":1,"updated_at":1.0,"context":{"a":1}}\n'
+    assert ops.import_chats(store, io.StringIO(line)).skipped_newer == ["legacy"]
+    assert store.get_state("legacy") == ("old", {})
+    assert ops.import_chats(store, io.StringIO(line), force=True).updated == 1
+    assert store.get_state("legacy") == ("s", {"a": 1})
     raw.close()
 
 
