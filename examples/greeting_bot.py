@@ -40,13 +40,15 @@ def greeting_orchestrator(state_manager: StateManager, sender: MessageSender) ->
     return orchestrator
 
 
+state_dir = os.environ.get("CHAT_STATE_DIR")
+
+
 def state_manager_from_env(argv: Sequence[str] = ()) -> StateManager:
     """``--store URL`` in ``argv``, else ``$CHAT_STORE``, else files in ``$CHAT_STATE_DIR``,
     else memory."""
     url = store_url(argv, default="")
     if url:
         return open_store(url)
-    state_dir = os.environ.get("CHAT_STATE_DIR")
     return FileStateManager(state_dir=state_dir) if state_dir else InMemoryStateManager()
 
 

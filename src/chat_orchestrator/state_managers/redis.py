@@ -44,7 +44,6 @@ from chat_orchestrator.state_managers._leased import (
     new_token,
 )
 from chat_orchestrator.state_managers._primitive_ops import BlockingLeasedStateManager
-from chat_orchestrator.state_managers._redis_listing import record_info, scan_chats
 from chat_orchestrator.state_managers._redis_scripts import (
     ACQUIRE_AND_LOAD,
     CLAIM,
@@ -68,6 +67,9 @@ try:
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("redis", "redis") from exc
+
+# After the guarded import: this module needs redis-py too.
+from chat_orchestrator.state_managers._redis_listing import record_info, scan_chats
 
 __all__ = ["RedisStateManager"]
 
