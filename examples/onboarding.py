@@ -1,6 +1,7 @@
 """Class-API onboarding: asks a name and an age (re-asking on a non-number), confirms, ends.
 
-Run it with ``uv run examples/onboarding.py``; ``quit`` leaves.
+Run it with ``uv run examples/onboarding.py [--store URL]``; ``quit`` leaves. The store is
+``--store URL``, else ``$CHAT_STORE``, else memory (``sqlite:///chats.db`` keeps each chat).
 Diagram: ``uv run chat-orchestrator graph examples/onboarding.py:Onboarding``.
 """
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from chat_orchestrator.cli import chat_loop
 from chat_orchestrator.conversation import Conversation, Turn, state
 from chat_orchestrator.senders.console import ConsoleMessageSender
-from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
+from chat_orchestrator.stores import open_store, store_url
 
 
 class Signup(BaseModel):
@@ -74,5 +75,5 @@ class Onboarding(Conversation[Signup]):
 
 
 if __name__ == "__main__":
-    bot = Onboarding(InMemoryStateManager(), ConsoleMessageSender())
+    bot = Onboarding(open_store(store_url()), ConsoleMessageSender())
     raise SystemExit(chat_loop(bot.orchestrator, "console_user"))

@@ -5,8 +5,10 @@ Environment:
   WHATSAPP_PHONE_NUMBER_ID  the business phone number id                 required
   WHATSAPP_VERIFY_TOKEN     the verify token you typed in the Meta app   required
   WHATSAPP_APP_SECRET       the Meta app's secret (signs every webhook)  required
-  REDIS_URL                 keep state (and seen message ids) in Redis; default: files
-  CHAT_STATE_DIR            directory for file state (default: whatsapp_states)
+  CHAT_STORE                the store's URL (or --store URL); default: SQLite in CHAT_DB
+  CHAT_DB                   the SQLite database file (default: chats.db)
+  REDIS_URL                 keep state (and seen message ids) in Redis instead
+  CHAT_STATE_DIR            keep state in files in this directory instead
   HOST, PORT                where to listen (default 127.0.0.1:8000)
   WHATSAPP_API_BASE         Graph API base URL (default https://graph.facebook.com)
   REQUEST_TIMEOUT           seconds a client may take to send its request (default 10)
@@ -20,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import ClassVar
@@ -29,9 +31,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, too
 
 from chat_orchestrator.channels import WhatsAppBot, WhatsAppWebhook
+from chat_orchestrator.errors import StateManagerError
 from chat_orchestrator.senders.whatsapp import WhatsAppSender
 from chat_orchestrator.state_managers.base import StateManager
 from chat_orchestrator.state_managers.file import FileStateManager
+from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
+from chat_orchestrator.stores import open_store, store_url
 from examples.greeting_bot import greeting_orchestrator
 
 REQUIRED = (
@@ -58,16 +63,21 @@ def check_settings(env: Mapping[str, str]) -> None:
             raise SettingsError(f"{name} must be a whole number from 1 to 65535, got {value!r}")
 
 
-def state_manager_from_env() -> StateManager:
-    redis_url = os.environ.get("REDIS_URL")
-    if redis_url:
-        from chat_orchestrator.state_managers.redis import RedisStateManager
+def state_manager_from_env(argv: Sequence[str] = ()) -> StateManager:
+    """``--store``/``CHAT_STORE``, else ``REDIS_URL``, else ``CHAT_STATE_DIR`` files, else SQLite.
 
-        return RedisStateManager(url=redis_url)
-    return FileStateManager(state_dir=os.environ.get("CHAT_STATE_DIR", "whatsapp_states"))
+    SQLite is the durable store for one machine: no server, a turn committed survives a crash.
+    """
+    url = store_url(argv, default="") or os.environ.get("REDIS_URL")
+    if url:
+        return open_store(url)
+    state_dir = os.environ.get("CHAT_STATE_DIR")
+    if state_dir:
+        return FileStateManager(state_dir=state_dir)
+    return SQLiteStateManager(os.environ.get("CHAT_DB") or "chats.db")
 
 
-def build_app() -> WhatsAppBot:
+def build_app(argv: Sequence[str] = ()) -> WhatsAppBot:
     env = os.environ
     check_settings(env)
     sender = WhatsAppSender(
@@ -75,7 +85,7 @@ def build_app() -> WhatsAppBot:
         phone_number_id=env["WHATSAPP_PHONE_NUMBER_ID"],
         base_url=env.get("WHATSAPP_API_BASE") or "https://graph.facebook.com",
     )
-    orchestrator = greeting_orchestrator(state_manager_from_env(), sender)
+    orchestrator = greeting_orchestrator(state_manager_from_env(argv), sender)
     webhook = WhatsAppWebhook(env["WHATSAPP_VERIFY_TOKEN"], env["WHATSAPP_APP_SECRET"])
     return WhatsAppBot(orchestrator, webhook, phone_number_id=sender.phone_number_id)
 
@@ -103,10 +113,13 @@ class QuietHandler(WSGIRequestHandler):
 
 def main() -> int:
     try:
-        app = build_app()
+        app = build_app(sys.argv[1:])
     except SettingsError as exc:
         print(f"whatsapp_bot: {exc}", file=sys.stderr)
         return 2
+    except StateManagerError as exc:  # a bad or unreachable store (its URL is redacted)
+        print(f"whatsapp_bot: {exc}", file=sys.stderr)
+        return 1
     host, port = os.environ.get("HOST") or "127.0.0.1", int(os.environ.get("PORT") or "8000")
     QuietHandler.timeout = float(os.environ.get("REQUEST_TIMEOUT") or "10")
     try:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from chat_orchestrator._lazy import lazy_attributes
 from chat_orchestrator.conversation import Conversation, Turn, state
 from chat_orchestrator.errors import (
+    ChatImportError,
     ChatOrchestratorError,
     ContextError,
     ContextSerializationError,
@@ -34,6 +35,7 @@ from chat_orchestrator.errors import (
     StateManagerError,
     StateManagerUnavailableError,
     StepError,
+    StoreCapabilityError,
     StoreURLError,
     TransitionError,
     TurnError,
@@ -54,14 +56,17 @@ from chat_orchestrator.senders import AsyncMessageSender, ConsoleMessageSender, 
 from chat_orchestrator.state_managers import (
     AsyncStateManager,
     AsyncTurnLease,
+    ChatInfo,
     FileStateManager,
     InMemoryStateManager,
     RecordStateManager,
+    SQLiteStateManager,
     StateManager,
     StateRecord,
     StateUpdate,
     TurnLease,
 )
+from chat_orchestrator.stores import open_store, register_store
 from chat_orchestrator.testing import ConversationTester, RecordingSender, SentMessage
 
 if TYPE_CHECKING:
@@ -89,6 +94,8 @@ __all__ = [
     "AsyncStepFunction",
     "AsyncTurnLease",
     "AsyncTypedStepFunction",
+    "ChatImportError",
+    "ChatInfo",
     "ChatOrchestrator",
     "ChatOrchestratorError",
     "ConsoleMessageSender",
@@ -113,6 +120,7 @@ __all__ = [
     "MissingDependencyError",
     "RecordStateManager",
     "RecordingSender",
+    "SQLiteStateManager",
     "SenderError",
     "SenderTimeoutError",
     "SentMessage",
@@ -124,6 +132,7 @@ __all__ = [
     "StepError",
     "StepFunction",
     "StepResult",
+    "StoreCapabilityError",
     "StoreURLError",
     "TransitionError",
     "Turn",
@@ -135,6 +144,8 @@ __all__ = [
     "WebhookError",
     "WhatsAppAPIError",
     "__version__",
+    "open_store",
+    "register_store",
     "state",
 ]
 

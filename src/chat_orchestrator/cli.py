@@ -1,7 +1,9 @@
 """The ``chat-orchestrator`` command.
 
 ``chat-orchestrator run TARGET`` chats with a flow in the terminal;
-``chat-orchestrator graph TARGET [-o FILE]`` prints (or writes) its Mermaid state diagram.
+``chat-orchestrator graph TARGET [-o FILE]`` prints (or writes) its Mermaid state diagram;
+``chat-orchestrator chats list|show|set|reset|export|import --store URL`` are the operator
+tools (``_cli_chats``). ``run`` and ``chats`` take ``--store URL`` or ``$CHAT_STORE``.
 TARGET is ``path/to/file.py:name`` or ``package.module:name`` naming a ChatOrchestrator, a
 Conversation subclass or a Conversation instance; modules are found in the current directory
 first, as uvicorn and flask find theirs. Mistakes in the command line (a missing file or module,
@@ -22,9 +24,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO, TypeAlias
 
+from chat_orchestrator._cli_chats import (
+    UsageError,
+    add_chats_command,
+    open_cli_store,
+    run_chats_command,
+    store_argument,
+)
 from chat_orchestrator.conversation import Conversation
 from chat_orchestrator.errors import ChatOrchestratorError, InvalidChatIdError
-from chat_orchestrator.migrate import add_migrate_command
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.senders.console import (
     ConsoleMessage,
@@ -37,7 +45,14 @@ from chat_orchestrator.state_managers.base import StateManager, validate_chat_id
 from chat_orchestrator.state_managers.file import FileStateManager
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 
-__all__ = ["CANONICAL_LINE_LIMIT", "TargetError", "chat_loop", "load_target", "main"]
+__all__ = [
+    "CANONICAL_LINE_LIMIT",
+    "TargetError",
+    "chat_loop",
+    "load_flow",
+    "load_target",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +116,8 @@ def _import(location: str) -> ModuleType:
         ) from None
 
 
-def _flow(target_name: str) -> Flow:
+def load_flow(target_name: str) -> Flow:
+    """The ChatOrchestrator or Conversation a target names; TargetError for anything else."""
     target = load_target(target_name)
     if isinstance(target, ChatOrchestrator | Conversation):
         return target
@@ -112,9 +128,11 @@ def _flow(target_name: str) -> Flow:
     )
 
 
-def _console_orchestrator(flow: Flow, state_dir: str | None) -> ChatOrchestrator:
-    """The flow's orchestrator replying on the console, on ``state_dir`` files if given."""
-    manager: StateManager | None = FileStateManager(state_dir) if state_dir else None
+def _console_orchestrator(
+    flow: Flow, state_dir: str | None, store: StateManager | None = None
+) -> ChatOrchestrator:
+    """The flow's orchestrator replying on the console, on ``store`` or ``state_dir`` files."""
+    manager: StateManager | None = FileStateManager(state_dir) if state_dir else store
     if isinstance(flow, type):
         return flow(manager or InMemoryStateManager(), ConsoleMessageSender()).orchestrator
     orchestrator = flow if isinstance(flow, ChatOrchestrator) else flow.orchestrator
@@ -256,7 +274,9 @@ def _show_resumed(
 
 # -- the command ---------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chat-orchestrator", description="Run or draw a flow.")
+    parser = argparse.ArgumentParser(
+        prog="chat-orchestrator", description="Run or draw a flow; inspect and move its chats."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="chat with a flow in the terminal")
     run.add_argument("target", help="file.py:name or module:name")
@@ -266,12 +286,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="keep each chat's place in files in DIR (resumed on the next run)",
     )
+    store_argument(run)
+    add_chats_command(commands)
     graph = commands.add_parser("graph", help="print the flow's Mermaid state diagram")
     graph.add_argument("target", help="file.py:name or module:name")
     graph.add_argument("-o", "--output", metavar="FILE", help="write the diagram to FILE")
-    chats = commands.add_parser("chats", help="operate on the chats of a store")
-    chat_commands = chats.add_subparsers(dest="chats_command", required=True)
-    add_migrate_command(chat_commands)
     return parser
 
 
@@ -279,10 +298,12 @@ def _run_command(args: argparse.Namespace) -> int:
     handler = getattr(args, "handler", None)  # subcommands defined in their own modules
     if handler is not None:
         return int(handler(args))
+    if args.command == "chats":
+        return run_chats_command(args)
     if args.command == "graph":
         # Whatever the target module prints on import goes to stderr, not into the diagram.
         with contextlib.redirect_stdout(sys.stderr):
-            flow = _flow(args.target)
+            flow = load_flow(args.target)
         diagram = flow.mermaid()
         if args.output is None:
             sys.stdout.write(diagram)
@@ -297,7 +318,11 @@ def _run_command(args: argparse.Namespace) -> int:
         validate_chat_id(args.chat_id)
     except InvalidChatIdError as exc:
         raise TargetError(f"--chat-id: {exc}") from None
-    orchestrator = _console_orchestrator(_flow(args.target), args.state_dir)
+    if args.state_dir and args.store:
+        raise TargetError("give --state-dir or --store, not both")
+    flow = load_flow(args.target)
+    store = None if args.state_dir else open_cli_store(args.store, required=False)
+    orchestrator = _console_orchestrator(flow, args.state_dir, store)
     return chat_loop(orchestrator, args.chat_id)
 
 
@@ -308,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nchat-orchestrator: interrupted", file=sys.stderr)
         return INTERRUPTED
-    except TargetError as exc:
+    except (TargetError, UsageError) as exc:
         print(f"chat-orchestrator: error: {exc}", file=sys.stderr)
         return 2
     except ChatOrchestratorError as exc:

@@ -22,7 +22,9 @@
      │    ├── CorruptStateError                a stored record cannot be read
      │    ├── VersionConflictError             a conditional write lost against another writer
      │    ├── LockTimeoutError                 the chat's lock could not be had in time
-     │    └── StoreURLError (ValueError)       a store URL that cannot be opened (no secrets)
+     │    ├── StoreURLError (ValueError)       a store URL that cannot be opened (no secrets)
+     │    ├── StoreCapabilityError             the store cannot do that (list chats: seed-only)
+     │    └── ChatImportError (ValueError)     a line of a chats export that cannot be imported
      ├── SenderError                      a message could not be sent
      │    ├── InvalidMessageError (ValueError) refused before any HTTP (too long, 4 buttons...)
      │    ├── SenderTimeoutError               no answer in time: it may or may not have been sent
@@ -36,6 +38,7 @@ A turn that fails with any of these leaves the stored record exactly as it was.
 from __future__ import annotations
 
 __all__ = [
+    "ChatImportError",
     "ChatOrchestratorError",
     "ContextError",
     "ContextSerializationError",
@@ -56,6 +59,7 @@ __all__ = [
     "StateManagerError",
     "StateManagerUnavailableError",
     "StepError",
+    "StoreCapabilityError",
     "StoreURLError",
     "TransitionError",
     "TurnError",
@@ -173,6 +177,14 @@ class LockTimeoutError(StateManagerError):
 
 class StoreURLError(StateManagerError, ValueError):
     """A store URL is malformed, of an unknown scheme or has bad options; credentials redacted."""
+
+
+class StoreCapabilityError(StateManagerError):
+    """The store cannot do what was asked (a user's seed-only manager cannot list its chats)."""
+
+
+class ChatImportError(StateManagerError, ValueError):
+    """A line of a JSON Lines chats export is malformed; the message names the line."""
 
 
 class SenderError(ChatOrchestratorError):

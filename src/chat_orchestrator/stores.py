@@ -25,9 +25,11 @@ add your own with :func:`register_store`):
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
@@ -38,7 +40,14 @@ from chat_orchestrator.errors import (
 )
 from chat_orchestrator.state_managers.base import StateManager
 
-__all__ = ["StoreOpener", "open_store", "redact_url", "register_store"]
+__all__ = [
+    "STORE_VARIABLE",
+    "StoreOpener",
+    "open_store",
+    "redact_url",
+    "register_store",
+    "store_url",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -129,6 +138,19 @@ def open_store(url: str) -> StateManager:
             raise error from None
         error.args = (f"{error.args[0]}: {exc}",)
         raise error from exc
+
+
+#: The environment variable that names a store for the command and the examples.
+STORE_VARIABLE = "CHAT_STORE"
+
+
+def store_url(argv: Sequence[str] | None = None, *, default: str = "memory:") -> str:
+    """A script's store URL: ``--store URL`` in ``argv`` (default ``sys.argv[1:]``), else
+    ``$CHAT_STORE``, else ``default``. Other arguments are left to the script."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--store", metavar="URL")
+    given = parser.parse_known_args(argv)[0].store
+    return given or os.environ.get(STORE_VARIABLE) or default
 
 
 # -- helpers for the built-in openers ------------------------------------------------------

@@ -44,7 +44,7 @@ def planter(manager: StateManager) -> tuple[Callable[[str | None], None], Callab
     if isinstance(manager, InMemoryStateManager):
 
         def plant_memory(text: str | None) -> None:
-            manager._records[CHAT] = ("s", "" if text is None else text, 1)
+            manager._records[CHAT] = ("s", "" if text is None else text, 1, 0.0)
 
         return plant_memory, lambda: manager._records.get(CHAT)
     if isinstance(manager, FileStateManager):

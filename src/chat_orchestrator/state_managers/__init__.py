@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from chat_orchestrator._lazy import lazy_attributes
 from chat_orchestrator.state_managers.async_base import AsyncStateManager, AsyncTurnLease
 from chat_orchestrator.state_managers.base import (
+    ChatInfo,
     RecordStateManager,
     StateManager,
     StateRecord,
@@ -18,6 +19,7 @@ from chat_orchestrator.state_managers.base import (
 )
 from chat_orchestrator.state_managers.file import FileStateManager
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
+from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
 
 if TYPE_CHECKING:
     from chat_orchestrator.state_managers.mongodb import MongoDBStateManager as MongoDBStateManager
@@ -26,9 +28,11 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncStateManager",
     "AsyncTurnLease",
+    "ChatInfo",
     "FileStateManager",
     "InMemoryStateManager",
     "RecordStateManager",
+    "SQLiteStateManager",
     "StateManager",
     "StateRecord",
     "StateUpdate",

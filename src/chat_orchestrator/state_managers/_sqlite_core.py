@@ -138,6 +138,21 @@ RELEASE_CLAIM = "DELETE FROM claims WHERE key = ?"
 # now
 SWEEP_CLAIMS = "DELETE FROM claims WHERE until <= ?"
 
+# after rowid, page size -> (rowid, id, state, version, updated): one page of the chat list.
+# Pages by rowid (the table's own b-tree, no index needed): every statement is short, so a
+# listing of a million chats holds no read transaction open and never delays a checkpoint.
+LIST_PAGE = """
+SELECT rowid, id, state, version, updated FROM chats
+WHERE rowid > ?1 AND version > 0 AND (?3 IS NULL OR state = ?3) AND updated <= ?4
+ORDER BY rowid LIMIT ?2
+"""
+
+# id -> (state, version, updated)
+INFO = "SELECT state, version, updated FROM chats WHERE id = ? AND version > 0"
+
+#: Later than any ``updated`` (epoch ms): the cutoff of a listing without an idle filter.
+MAX_TIME_MS = 2**62
+
 #: A sweep of expired claims runs after this many claims by one manager.
 SWEEP_EVERY = 512
 

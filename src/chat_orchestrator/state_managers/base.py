@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -32,6 +33,7 @@ from chat_orchestrator.errors import (
     InvalidClaimKeyError,
     InvalidClaimTTLError,
     InvalidStateIdError,
+    StoreCapabilityError,
     VersionConflictError,
     describe_chat_id,
 )
@@ -45,11 +47,14 @@ __all__ = [
     "MAX_CLAIM_KEY_LENGTH",
     "MAX_CLAIM_TTL",
     "MAX_STATE_ID_LENGTH",
+    "ChatInfo",
     "RecordStateManager",
     "StateManager",
     "StateRecord",
     "StateUpdate",
     "TurnLease",
+    "chat_filter",
+    "keep_chat",
     "validate_chat_id",
     "validate_claim_key",
     "validate_claim_ttl",
@@ -183,6 +188,41 @@ class StateUpdate:
     state_id: str
     context: dict[str, Any]
     context_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInfo:
+    """One line of a store's chat list: what an operator asks about a chat, without its context.
+
+    ``updated_at`` is the last write in epoch seconds; ``None`` for a record written before
+    the store kept timestamps (it counts as idle for any ``idle_for``).
+    """
+
+    chat_id: str
+    state_id: str
+    version: int
+    updated_at: float | None
+
+
+def chat_filter(state: str | None, idle_for: float | None) -> tuple[str | None, float | None]:
+    """Check the filters of :meth:`StateManager.iter_chats`; returns ``(state, cutoff)``.
+
+    ``cutoff`` is the epoch time a chat's last update must not be after (``None``: any).
+    """
+    if state is not None:
+        validate_state_id(state)
+    if idle_for is None:
+        return state, None
+    if isinstance(idle_for, bool) or not isinstance(idle_for, int | float) or not idle_for >= 0:
+        raise ValueError(f"idle_for must be seconds >= 0, not {idle_for!r}")
+    return state, time.time() - idle_for
+
+
+def keep_chat(info: ChatInfo, state: str | None, cutoff: float | None) -> bool:
+    """Whether ``info`` passes the filters (for stores that cannot filter themselves)."""
+    if state is not None and info.state_id != state:
+        return False
+    return cutoff is None or info.updated_at is None or info.updated_at <= cutoff
 
 
 class TurnLease:
@@ -424,6 +464,46 @@ class StateManager(ABC):
             yield
         finally:
             locks.release(chat_id, entry)
+
+    # -- operator tools: listing and conditional reset ------------------------------------
+    def iter_chats(
+        self, *, state: str | None = None, idle_for: float | None = None
+    ) -> Iterator[ChatInfo]:
+        """Every stored chat (streaming: constant memory), optionally only those in ``state``
+        or idle (no write) for at least ``idle_for`` seconds. Order is the store's own.
+
+        Raises StoreCapabilityError for a store that cannot list (a seed-only manager).
+        """
+        state, cutoff = chat_filter(state, idle_for)
+        return self._scan_chats(state, cutoff)
+
+    def _scan_chats(self, state: str | None, cutoff: float | None) -> Iterator[ChatInfo]:
+        """What a store that can list implements; filters already checked (see keep_chat)."""
+        raise StoreCapabilityError(
+            f"this store ({type(self).__name__}) cannot list chats: it implements only "
+            "get_state, set_state and delete_state; override _scan_chats to list them"
+        )
+
+    def chat_info(self, chat_id: str) -> ChatInfo | None:
+        """One chat's line of :meth:`iter_chats`, or ``None``; this default knows no time."""
+        record = self.load(chat_id)
+        if record is None:
+            return None
+        return ChatInfo(chat_id, record.state_id, record.version, None)
+
+    def delete_if(self, chat_id: str, *, expected_version: int) -> None:
+        """Delete the chat's record if it is still at ``expected_version``, under its lock, so
+        an operator's reset waits for a live turn and never lands inside one.
+
+        Raises VersionConflictError (and deletes nothing) if the record changed. This default
+        suits managers whose ``delete_state`` does not take the chat's lock itself.
+        """
+        with self.lock(chat_id):
+            current = self.load(chat_id)
+            found = 0 if current is None else current.version
+            self._check_version(chat_id, found, expected_version)
+            if current is not None:
+                self.delete_state(chat_id)
 
 
 class RecordStateManager(StateManager):

@@ -49,8 +49,10 @@ from chat_orchestrator.state_managers._file_io import (
     write_all,
 )
 from chat_orchestrator.state_managers.base import (
+    ChatInfo,
     RecordStateManager,
     StateRecord,
+    keep_chat,
     validate_chat_id,
     validate_claim_key,
     validate_claim_ttl,
@@ -124,14 +126,7 @@ class FileStateManager(RecordStateManager):
     def delete_state(self, chat_id: str) -> None:
         # Releasing the lock of a chat without a record also removes its lock file.
         with self.lock(chat_id):
-            try:
-                with contextlib.suppress(FileNotFoundError):
-                    self.path_for(chat_id).unlink()
-            except OSError as exc:
-                raise StateManagerError(
-                    f"cannot delete the record of chat {describe_chat_id(chat_id)}: {exc.strerror}"
-                ) from exc
-            self._sync_dir(chat_id)
+            self._unlink_record(chat_id)
 
     # -- versioned records ------------------------------------------------------------------
     def load(self, chat_id: str) -> StateRecord | None:
@@ -271,6 +266,82 @@ class FileStateManager(RecordStateManager):
                     _remove_orphan_lock(dir_fd, name)
         finally:
             os.close(dir_fd)
+
+    # -- operator tools ----------------------------------------------------------------------
+    def _unlink_record(self, chat_id: str) -> None:
+        # The caller holds the chat's lock.
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                self.path_for(chat_id).unlink()
+        except OSError as exc:
+            raise StateManagerError(
+                f"cannot delete the record of chat {describe_chat_id(chat_id)}: {exc.strerror}"
+            ) from exc
+        self._sync_dir(chat_id)
+
+    def delete_if(self, chat_id: str, *, expected_version: int) -> None:
+        with self.lock(chat_id):  # delete_state takes the lock itself: flock is not reentrant
+            current = self.load(chat_id)
+            found = 0 if current is None else current.version
+            self._check_version(chat_id, found, expected_version)
+            if current is not None:
+                self._unlink_record(chat_id)
+
+    def _scan_chats(self, state: str | None, cutoff: float | None) -> Iterator[ChatInfo]:
+        # os.scandir streams the directory; a record's last update is its file's mtime (the
+        # rename of a write gives the new file a fresh one).
+        try:
+            entries = os.scandir(self.state_dir)
+        except OSError as exc:
+            raise StateManagerError(
+                f"cannot list state_dir {str(self.state_dir)!r}: {exc.strerror}"
+            ) from exc
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if len(name) != 69 or not name.endswith(".json") or name.startswith("."):
+                    continue
+                info = self._read_info(entry)
+                if info is not None and keep_chat(info, state, cutoff):
+                    yield info
+
+    def _read_info(self, entry: os.DirEntry[str]) -> ChatInfo | None:
+        path = Path(entry.path)
+        got = _read_with_mtime(path, f"{path.name} in state_dir")
+        if got is None:
+            return None  # deleted while we listed
+        raw, mtime = got
+        try:
+            chat_id = load_json(raw).get("chat_id")
+        except (ValueError, AttributeError) as exc:
+            raise CorruptStateError(f"{path.name} in state_dir is not a chat record") from exc
+        if not isinstance(chat_id, str) or self._stem(chat_id) != path.name[:-5]:
+            raise CorruptStateError(f"{path.name} in state_dir does not hold its own chat's record")
+        record = _parse(chat_id, path, raw)
+        return ChatInfo(chat_id, record.state_id, record.version, mtime)
+
+    def chat_info(self, chat_id: str) -> ChatInfo | None:
+        path = self.path_for(chat_id)
+        got = _read_with_mtime(path, f"the record of chat {describe_chat_id(chat_id)}")
+        if got is None:
+            return None
+        record = _parse(chat_id, path, got[0])
+        return ChatInfo(chat_id, record.state_id, record.version, got[1])
+
+
+def _read_with_mtime(path: Path, what: str) -> tuple[bytes, float] | None:
+    """The file's bytes and mtime, both from one open file (never a symlink), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW)
+        try:
+            return read_all(fd), os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        raise StateManagerError(f"cannot read {what}: {reason}") from exc
 
 
 def _remove_orphan_lock(dir_fd: int, name: str) -> None:

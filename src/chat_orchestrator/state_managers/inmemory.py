@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from chat_orchestrator._io import run_async
@@ -12,9 +14,11 @@ from chat_orchestrator.errors import CorruptStateError, describe_chat_id
 from chat_orchestrator.state_managers._locks import KeyedLock
 from chat_orchestrator.state_managers.async_base import AsyncTurnLease, local_turn, no_io
 from chat_orchestrator.state_managers.base import (
+    ChatInfo,
     RecordStateManager,
     StateRecord,
     StateUpdate,
+    keep_chat,
     validate_chat_id,
     validate_write,
 )
@@ -30,7 +34,8 @@ class InMemoryStateManager(RecordStateManager):
     """
 
     def __init__(self, *, lock_timeout: float | None = 60.0) -> None:
-        self._records: dict[str, tuple[str, str, int]] = {}
+        # chat id -> (state id, context JSON, version, last write in epoch seconds)
+        self._records: dict[str, tuple[str, str, int, float]] = {}
         self._locks = KeyedLock()
         self._lock_timeout = _checked_timeout(lock_timeout)
 
@@ -39,7 +44,8 @@ class InMemoryStateManager(RecordStateManager):
         text = validate_write(chat_id, state_id, context)
         with self.lock(chat_id):
             old = self._records.get(chat_id)
-            self._records[chat_id] = (state_id, text, 1 if old is None else old[2] + 1)
+            version = 1 if old is None else old[2] + 1
+            self._records[chat_id] = (state_id, text, version, time.time())
 
     def delete_state(self, chat_id: str) -> None:
         with self.lock(chat_id):  # lock() validates the id
@@ -71,7 +77,7 @@ class InMemoryStateManager(RecordStateManager):
         old = self._records.get(chat_id)
         found = 0 if old is None else old[2]
         self._check_version(chat_id, found, expected_version)
-        self._records[chat_id] = (state_id, text, found + 1)
+        self._records[chat_id] = (state_id, text, found + 1, time.time())
         return found + 1
 
     def lock(self, chat_id: str) -> _Held:
@@ -112,6 +118,25 @@ class InMemoryStateManager(RecordStateManager):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    # -- operator tools ----------------------------------------------------------------------
+    def _scan_chats(self, state: str | None, cutoff: float | None) -> Iterator[ChatInfo]:
+        # A snapshot of the ids (the dict may change while the caller iterates); each record
+        # is read as it is reached, so a chat deleted meanwhile is skipped.
+        for chat_id in list(self._records):
+            info = self.chat_info(chat_id)
+            if info is not None and keep_chat(info, state, cutoff):
+                yield info
+
+    def chat_info(self, chat_id: str) -> ChatInfo | None:
+        stored = self._records.get(validate_chat_id(chat_id))
+        return None if stored is None else ChatInfo(chat_id, stored[0], stored[2], stored[3])
+
+    def delete_if(self, chat_id: str, *, expected_version: int) -> None:
+        with self.lock(chat_id):  # delete_state takes the lock itself: not reentrant
+            old = self._records.get(chat_id)
+            self._check_version(chat_id, 0 if old is None else old[2], expected_version)
+            self._records.pop(chat_id, None)
 
 
 def _checked_timeout(lock_timeout: object) -> float | None:

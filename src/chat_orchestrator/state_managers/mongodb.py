@@ -23,10 +23,10 @@ import datetime as dt
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from chat_orchestrator._io import Op
 from chat_orchestrator._jsonctx import decode_context
@@ -44,7 +44,12 @@ from chat_orchestrator.state_managers._leased import (
     LeasedStateManager,
     check_lease_settings,
 )
-from chat_orchestrator.state_managers.base import StateRecord
+from chat_orchestrator.state_managers.base import (
+    ChatInfo,
+    StateRecord,
+    keep_chat,
+    validate_chat_id,
+)
 
 try:
     import pymongo
@@ -100,6 +105,10 @@ class _Blocking:
     """Index set-up on the sync client: run as is by the sync layer, in a thread by the async."""
 
     function: Callable[[], Any]
+
+
+T = TypeVar("T")
+_INFO_FIELDS = {"s": 1, "v": 1, "at": 1}
 
 
 def _now_ms() -> int:
@@ -381,6 +390,71 @@ class MongoDBStateManager(LeasedStateManager):
         finally:
             await asyncio.to_thread(self.close)
 
+    # -- operator tools ----------------------------------------------------------------------
+    def _call(self, what: str, name: str, function: Callable[[], T]) -> T:
+        """A blocking call of the operator tools, classified like every operation's command."""
+        return self._run(self._do(what, name, _Blocking(function)))  # type: ignore[no-any-return]
+
+    #: Documents per cursor batch of :meth:`iter_chats`.
+    list_batch = 1000
+
+    def _scan_chats(self, state: str | None, cutoff: float | None) -> Iterator[ChatInfo]:
+        # A server-side cursor with a projection: the state filter runs in the server and the
+        # contexts never cross the wire. The idle filter runs here, on the projected ``at``:
+        # servers differ in how they compare dates (nx-27017 hands them back as text).
+        query: dict[str, Any] = {"v": {"$exists": True}}
+        if state is not None:
+            query["s"] = state
+        cursor = self._call(
+            "list",
+            "*",
+            lambda: self._collection.find(query, _INFO_FIELDS, batch_size=self.list_batch),
+        )
+        with cursor:
+            while True:
+                doc = self._call("list", "*", lambda: next(cursor, None))
+                if doc is None:
+                    return
+                info = self._info(doc)
+                if keep_chat(info, None, cutoff):
+                    yield info
+
+    def chat_info(self, chat_id: str) -> ChatInfo | None:
+        validate_chat_id(chat_id)
+        doc = self._call(
+            "read",
+            chat_id,
+            lambda: self._collection.find_one(
+                {"_id": chat_id, "v": {"$exists": True}}, _INFO_FIELDS
+            ),
+        )
+        return None if doc is None else self._info(doc)
+
+    @staticmethod
+    def _info(doc: dict[str, Any]) -> ChatInfo:
+        chat_id, state_id, version = doc["_id"], doc.get("s"), doc.get("v")
+        if (
+            not isinstance(chat_id, str)
+            or not isinstance(state_id, str)
+            or type(version) is not int
+        ):
+            raise CorruptStateError(
+                f"the MongoDB record of chat {describe_chat_id(chat_id)} has bad fields"
+            )
+        return ChatInfo(chat_id, state_id, version, _epoch(doc.get("at")))
+
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _epoch(at: object) -> float | None:
+    """``at`` (a BSON date, naive UTC as pymongo returns it, or ISO text) in epoch seconds."""
+    if isinstance(at, str):
+        try:
+            at = dt.datetime.fromisoformat(at)
+        except ValueError:
+            return None
+    if not isinstance(at, dt.datetime):
+        return None
+    return (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).timestamp()

@@ -6,7 +6,8 @@ the lock. The version check, not the lock, is what guarantees no lost update: a 
 lease expired cannot overwrite a newer record.
 
 Keys: ``<prefix>{<tag>}:s:<chat id>`` (a hash: ``v`` version, ``s`` state, ``c`` context JSON,
-``w`` the token of the last writer), ``<prefix>{<tag>}:l:<chat id>`` (the lock) and
+``w`` the token of the last writer, ``t`` the last write in the server's epoch ms; records
+written before ``t`` existed lack it), ``<prefix>{<tag>}:l:<chat id>`` (the lock) and
 ``<prefix>{<tag>}:m:<claim key>`` (a once-only marker). ``<tag>`` is a digest of the id, so both
 keys of a chat share one cluster hash slot whatever the id holds (braces included), and the id
 itself follows verbatim, so two chats never share a key. A prefix cannot hold a brace, so the
@@ -31,11 +32,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
-from chat_orchestrator._io import Op
+from chat_orchestrator._io import Op, run_sync
 from chat_orchestrator._jsonctx import decode_context
 from chat_orchestrator.errors import (
     CorruptStateError,
@@ -61,7 +62,11 @@ from chat_orchestrator.state_managers._redis_scripts import (
     SET,
     Script,
 )
-from chat_orchestrator.state_managers.base import StateRecord
+from chat_orchestrator.state_managers.base import (
+    ChatInfo,
+    StateRecord,
+    validate_chat_id,
+)
 
 try:
     import redis
@@ -77,7 +82,12 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDependencyError("redis", "redis") from exc
 
+# After the guarded import: this module needs redis-py too.
+from chat_orchestrator.state_managers._redis_listing import record_info, scan_chats
+
 __all__ = ["RedisStateManager"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -373,3 +383,21 @@ class RedisStateManager(LeasedStateManager):
         await self._async.close_current()
         if self._owns_client:
             self._client.close()  # only closes sockets: does not block the loop
+
+    # -- operator tools ----------------------------------------------------------------------
+    #: Keys asked for per SCAN call, and records read per pipelined round trip.
+    list_batch = 1000
+
+    def _call(self, what: str, name: str, function: Callable[[], T]) -> T:
+        """A blocking call of the operator tools (SCAN, pipelines), classified like a command."""
+        return run_sync(self._command_op(what, name, ()), lambda _: function())  # type: ignore[no-any-return]
+
+    def _scan_chats(self, state: str | None, cutoff: float | None) -> Iterator[ChatInfo]:
+        return scan_chats(self, state, cutoff)
+
+    def chat_info(self, chat_id: str) -> ChatInfo | None:
+        record_key, _ = self.keys_for(validate_chat_id(chat_id))
+        v, s, t = self._call(
+            "read chat", chat_id, lambda: self._client.hmget(record_key, ["v", "s", "t"])
+        )
+        return None if v is None else record_info(chat_id, v, s, t)

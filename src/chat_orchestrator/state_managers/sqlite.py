@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +36,7 @@ from chat_orchestrator.state_managers._leased import (
 )
 from chat_orchestrator.state_managers._primitive_ops import BlockingLeasedStateManager
 from chat_orchestrator.state_managers.base import (
+    ChatInfo,
     StateRecord,
     validate_chat_id,
     validate_claim_ttl,
@@ -327,3 +328,31 @@ class SQLiteStateManager(BlockingLeasedStateManager):
             self._open = weakref.WeakSet()
         for conn in mine:
             conn.db.close()
+
+    # -- operator tools ----------------------------------------------------------------------
+    #: Rows per page of :meth:`iter_chats`.
+    list_page_size = 1000
+
+    def _scan_chats(self, state: str | None, cutoff: float | None) -> Iterator[ChatInfo]:
+        before = sql.MAX_TIME_MS if cutoff is None else int(cutoff * 1000)
+        after = 0
+        while True:
+            rows = self._list_page((after, self.list_page_size, state, before))
+            for _, chat_id, state_id, version, updated in rows:
+                yield ChatInfo(chat_id, state_id, version, updated / 1000)
+            if len(rows) < self.list_page_size:
+                return
+            after = rows[-1][0]
+
+    def chat_info(self, chat_id: str) -> ChatInfo | None:
+        row = self._call(
+            "read chat",
+            lambda: self._connection().db.execute(sql.INFO, (chat_id,)).fetchone(),
+            validate_chat_id(chat_id),
+        )
+        return None if row is None else ChatInfo(chat_id, row[0], row[1], row[2] / 1000)
+
+    def _list_page(self, params: tuple[Any, ...]) -> list[Any]:
+        return self._call(
+            "list chats", lambda: self._connection().db.execute(sql.LIST_PAGE, params).fetchall()
+        )
