@@ -30,7 +30,7 @@ from chat_orchestrator.state_managers.base import StateRecord, StateUpdate, Turn
 if TYPE_CHECKING:
     from chat_orchestrator.state_managers.file import FileStateManager
 
-__all__ = ["AsyncFileTurn", "FileTurn", "Held", "in_thread"]
+__all__ = ["AsyncFileTurn", "FileTurn", "Held", "ThenRelease", "in_thread"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,27 +63,46 @@ class Held:
             os.close(fd)  # closing the only descriptor releases the flock
 
 
-def then_release(held: Held, action: Callable[[], T]) -> T:
-    """Run ``action`` under ``held``, then release it: one call, so one thread hop."""
-    try:
-        return action()
-    finally:
-        held.release()
+class ThenRelease:
+    """Run ``action`` under ``held``, then release it: one call, so one thread hop.
+
+    Whoever holds this call owns the lock: if it never runs (its caller was cancelled
+    before a thread picked it up), :meth:`abandon` releases without running ``action``.
+    """
+
+    __slots__ = ("action", "held")
+
+    def __init__(self, held: Held, action: Callable[[], Any]) -> None:
+        self.held, self.action = held, action
+
+    def __call__(self) -> Any:
+        try:
+            return self.action()
+        finally:
+            self.held.release()
+
+    def abandon(self) -> None:
+        self.held.release()
 
 
 async def in_thread(command: Callable[[], T]) -> T:
     """The async I/O layer: run one short blocking call in the loop's default executor.
 
-    A thread cannot be interrupted, so cancelling the caller lets the call finish; if it
-    went on to take a chat's lock, that lock is released as soon as it returns (nobody will
-    ever see the :class:`Held` it made). A call that releases a lock itself (a commit, a
-    delete) does so in its own ``finally``, cancelled or not.
+    A thread cannot be interrupted. If the caller is cancelled before a thread picks the
+    call up, it never runs (a queued lock try must not take a chat later for nobody) and a
+    lock it was handed is released at once; if it already runs, it finishes, and a lock it
+    took is released as soon as it returns.
     """
-    future = asyncio.get_running_loop().run_in_executor(None, command)
+    call = _Call(command)
+    future = asyncio.get_running_loop().run_in_executor(None, call)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        future.add_done_callback(_release_abandoned)
+        if call.take():  # not started, and now it never will be
+            if type(command) is ThenRelease:
+                command.abandon()
+        else:
+            future.add_done_callback(_release_abandoned)
         raise
 
 
@@ -94,6 +113,28 @@ def _release_abandoned(future: asyncio.Future[Any]) -> None:
     if isinstance(held, Held):
         logger.debug("releasing a chat lock taken for a cancelled caller: %s", held.lock_path.name)
         held.release()
+
+
+class _Call:
+    """A call that either a worker thread or its cancelled caller takes, never both."""
+
+    __slots__ = ("_token", "command")
+
+    def __init__(self, command: Callable[[], Any]) -> None:
+        self.command = command
+        self._token = [None]  # list.pop is atomic: exactly one taker gets the token
+
+    def take(self) -> bool:
+        try:
+            self._token.pop()
+        except IndexError:
+            return False
+        return True
+
+    def __call__(self) -> Any:
+        if not self.take():
+            return None  # the caller was cancelled first and nobody wants the result
+        return self.command()
 
 
 def _take(turn: FileTurn | AsyncFileTurn) -> Held:

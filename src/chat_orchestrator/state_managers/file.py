@@ -58,8 +58,8 @@ from chat_orchestrator.state_managers._file_turns import (
     AsyncFileTurn,
     FileTurn,
     Held,
+    ThenRelease,
     in_thread,
-    then_release,
 )
 from chat_orchestrator.state_managers.base import (
     RecordStateManager,
@@ -256,7 +256,7 @@ class FileStateManager(RecordStateManager):
     @staticmethod
     def _handed_over(held: Held, action: Callable[[], T]) -> Op[T]:
         try:
-            return (yield partial(then_release, held, action))  # type: ignore[no-any-return]
+            return (yield ThenRelease(held, action))  # type: ignore[no-any-return]
         except Exception:
             # The call may never have run (no thread left to run it): release is idempotent.
             # A cancellation (not an Exception) leaves the release to the running call.
