@@ -131,21 +131,29 @@ def test_a_turn_cancelled_mid_step_frees_the_chat_at_once_even_with_no_free_thre
     run_with_threads(1, main)
 
 
-def test_a_caller_cancelled_while_its_lock_try_runs_leaks_no_lock(tmp_path: Path) -> None:
+def test_a_caller_cancelled_while_waiting_for_a_chat_leaks_no_lock(tmp_path: Path) -> None:
+    # A lock is a bare descriptor here (nothing closes it when garbage collected): a try
+    # that took it for a caller cancelled meanwhile must give it back.
     manager = FileStateManager(tmp_path, fsync=False)
     manager.set_state("c", "s", {"n": 1})
+    lock_path = manager.path_for("c").with_suffix(".lock")
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         fds = open_fds()
-        for _ in range(30):
+        for wait in [0.02] * 10 + [0.0] * 30:
+            other = os.open(lock_path, os.O_RDWR)  # another process's turn holds the chat
+            fcntl.flock(other, fcntl.LOCK_EX)
             task = asyncio.create_task(manager.begin_turn_async("c"))
-            await asyncio.sleep(0)  # the task has handed its lock try to the thread
+            await asyncio.sleep(wait)  # 0: cancelled while its first try is queued or runs
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            # One thread runs calls in order: once this one returns, the try has returned
-            # and the lock it took for nobody has been dropped.
+            os.close(other)
+            # One thread runs calls in order: once this one returns, any try has returned
+            # and a lock it took for nobody has been dropped.
+            await loop.run_in_executor(None, lambda: None)
+            await asyncio.sleep(0.01)
             await loop.run_in_executor(None, lambda: None)
             assert lock_is_free(manager, "c")
         assert open_fds() == fds
