@@ -86,7 +86,9 @@ class FileStateManager(RecordStateManager):
 
     ``fsync=False`` trades durability on power loss for speed (atomicity is kept).
     ``lock_timeout=None`` (default) waits for a busy chat as long as it takes; the kernel
-    releases the lock of a process that dies.
+    releases the lock of a process that dies. The ``..._async`` methods never block the
+    event loop: file calls run in worker threads, and a busy chat is retried every 0.5 to
+    20 ms (backing off) with no thread held while it waits.
     """
 
     def __init__(
