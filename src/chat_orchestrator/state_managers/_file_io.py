@@ -7,23 +7,23 @@ plant a symlink there must not make us truncate, create or lock a file somewhere
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import stat
-import time
 from pathlib import Path
-
-from chat_orchestrator.errors import LockTimeoutError
 
 __all__ = [
     "NOFOLLOW",
     "STALE_TEMP_SECONDS",
-    "flock_until",
+    "exists",
     "make_private_dir",
     "read_all",
     "remove_if_old",
+    "remove_orphan_lock",
     "same_file",
+    "try_flock",
     "warn_if_exposed",
     "write_all",
 ]
@@ -92,21 +92,30 @@ def same_file(fd: int, path: str | Path, dir_fd: int | None = None) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def flock_until(fd: int, deadline: float | None, what: str, timeout: float | None) -> None:
-    """Exclusive flock on ``fd``; waits forever if ``deadline`` (monotonic) is None."""
-    if deadline is None:
+def try_flock(fd: int, block: bool) -> bool:
+    """Exclusive flock on ``fd``: True once held, False if busy and ``block`` is False.
+
+    ``block=True`` waits in the kernel (the sync path without a lock timeout: the kernel
+    wakes the waiter the moment the holder closes, which polling cannot match). Every other
+    caller polls: its operation sleeps between tries, so no thread waits on another's lock.
+    """
+    if block:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        return
-    pause = 0.0005
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise LockTimeoutError(f"{what} stayed locked for more than {timeout} s") from None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.02)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def exists(path: str | Path, dir_fd: int | None = None) -> bool:
+    """True if ``path`` names anything (a symlink included: it is not followed)."""
+    try:
+        os.lstat(path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def remove_if_old(name: str, dir_fd: int, cutoff: float) -> bool:
@@ -116,3 +125,24 @@ def remove_if_old(name: str, dir_fd: int, cutoff: float) -> bool:
             os.unlink(name, dir_fd=dir_fd)
             return True
     return False
+
+
+def remove_orphan_lock(dir_fd: int, name: str) -> None:
+    """Unlink lock file ``name`` if nobody holds it and its chat still has no record."""
+    try:
+        fd = os.open(name, os.O_RDWR | NOFOLLOW, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a planted symlink: unlinking it never touches its target
+            logger.warning("removing symlink %s planted in state_dir", name)
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Holding the lock, no record can appear; the path must still be the file we locked.
+        if same_file(fd, name, dir_fd) and not exists(f"{name[:-5]}.json", dir_fd):
+            os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass  # busy (a live turn) or vanished: not an orphan
+    finally:
+        os.close(fd)

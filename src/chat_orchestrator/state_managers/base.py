@@ -417,7 +417,9 @@ class StateManager(ABC):
         return await asyncio.to_thread(self.load, chat_id)
 
     async def delete_state_async(self, chat_id: str) -> None:
-        await asyncio.to_thread(self.delete_state, chat_id)
+        # Validated here: a user's seed delete_state may take any key (the sync engine
+        # validates before calling it; this is a public method of its own).
+        await asyncio.to_thread(self.delete_state, validate_chat_id(chat_id))
 
     async def claim_async(self, key: str, ttl: float) -> bool:
         return await asyncio.to_thread(self.claim, key, ttl)

@@ -13,26 +13,32 @@
   created 0700 and a warning is logged if another user owns it or anyone may write to it.
 * Writes go to a temp file that is fsynced, renamed over the record and followed by an fsync
   of the directory: a reader sees the old record or the new one, never a torn file.
+* Sync and async methods run the same operations (``chat_orchestrator._io``): each yields
+  short blocking calls, made directly on the sync path and in worker threads on the async
+  path (``_file_turns``). A busy chat is waited for by retrying a non-blocking ``flock``
+  with back-off inside the operation, so waiting tasks never hold a thread; only the sync
+  path without a ``lock_timeout`` waits in the kernel, as it always did.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
-import json
 import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from chat_orchestrator._jsonctx import checked_context, load_json
+from chat_orchestrator._io import Op, Sleep, run_async, run_sync
+from chat_orchestrator._jsonctx import load_json
 from chat_orchestrator.errors import (
     CorruptStateError,
+    LockTimeoutError,
     StateManagerError,
     describe_chat_id,
 )
@@ -40,18 +46,28 @@ from chat_orchestrator.state_managers._file_claims import ClaimMarkers
 from chat_orchestrator.state_managers._file_io import (
     NOFOLLOW,
     STALE_TEMP_SECONDS,
-    flock_until,
     make_private_dir,
     read_all,
     remove_if_old,
+    remove_orphan_lock,
     same_file,
+    try_flock,
     warn_if_exposed,
     write_all,
+)
+from chat_orchestrator.state_managers._file_records import encode_record, parse_record
+from chat_orchestrator.state_managers._file_turns import (
+    AsyncFileTurn,
+    FileTurn,
+    Held,
+    ThenRelease,
+    in_thread,
 )
 from chat_orchestrator.state_managers.base import (
     ChatInfo,
     RecordStateManager,
     StateRecord,
+    StateUpdate,
     keep_chat,
     validate_chat_id,
     validate_claim_key,
@@ -62,8 +78,12 @@ from chat_orchestrator.state_managers.base import (
 __all__ = ["FileStateManager"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
-_FORMAT = 1
+
+def _call(command: Callable[[], Any]) -> Any:
+    """The sync I/O layer: a command is a blocking call, made right here."""
+    return command()
 
 
 class FileStateManager(RecordStateManager):
@@ -71,7 +91,9 @@ class FileStateManager(RecordStateManager):
 
     ``fsync=False`` trades durability on power loss for speed (atomicity is kept).
     ``lock_timeout=None`` (default) waits for a busy chat as long as it takes; the kernel
-    releases the lock of a process that dies.
+    releases the lock of a process that dies. The ``..._async`` methods never block the
+    event loop: file calls run in worker threads, and a busy chat is retried every 0.5 to
+    20 ms (backing off) with no thread held while it waits.
     """
 
     def __init__(
@@ -119,18 +141,171 @@ class FileStateManager(RecordStateManager):
     # -- seed methods -----------------------------------------------------------------------
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
         text = validate_write(chat_id, state_id, context)
-        with self.lock(chat_id):
-            current = self.load(chat_id)
-            self._write(chat_id, state_id, text, 1 if current is None else current.version + 1)
+        self._run(self._locked_op(chat_id, True, partial(self._overwrite, chat_id, state_id, text)))
 
     def delete_state(self, chat_id: str) -> None:
         # Releasing the lock of a chat without a record also removes its lock file.
-        with self.lock(chat_id):
-            self._unlink_record(chat_id)
+        validate_chat_id(chat_id)
+        self._run(self._locked_op(chat_id, True, partial(self._unlink_record, chat_id)))
 
     # -- versioned records ------------------------------------------------------------------
     def load(self, chat_id: str) -> StateRecord | None:
-        path = self.path_for(chat_id)
+        return self._read(validate_chat_id(chat_id))
+
+    def compare_and_set(
+        self,
+        chat_id: str,
+        state_id: str,
+        context: dict[str, Any],
+        *,
+        expected_version: int,
+        encoded: str | None = None,
+    ) -> int:
+        text = validate_write(chat_id, state_id, context, encoded)
+        return self._write_checked(chat_id, expected_version, state_id, text)
+
+    @contextlib.contextmanager
+    def lock(self, chat_id: str) -> Iterator[None]:
+        held = self._run(self._lock_op(validate_chat_id(chat_id), block=True, read=False))
+        try:
+            yield
+        finally:
+            held.release()
+
+    def begin_turn(self, chat_id: str) -> FileTurn:
+        held = self._run(self._lock_op(validate_chat_id(chat_id), block=True, read=True))
+        return FileTurn(self, chat_id, held)
+
+    # -- once-only markers -----------------------------------------------------------------
+    def claim(self, key: str, ttl: float) -> bool:
+        """A marker file per key in ``state_dir/claims``, linked complete or not at all."""
+        return self._markers.claim(validate_claim_key(key), validate_claim_ttl(ttl))
+
+    def release_claim(self, key: str) -> None:
+        """Forget ``key``'s marker (no error if there is none): the next claim wins."""
+        self._markers.release(validate_claim_key(key))
+
+    # -- the async path: the same operations and calls, run in worker threads -----------------
+    async def begin_turn_async(self, chat_id: str) -> AsyncFileTurn:
+        held = await self._run_async(
+            self._lock_op(validate_chat_id(chat_id), block=False, read=True)
+        )
+        return AsyncFileTurn(self, chat_id, held)
+
+    async def load_async(self, chat_id: str) -> StateRecord | None:
+        return await in_thread(partial(self._read, validate_chat_id(chat_id)))
+
+    async def delete_state_async(self, chat_id: str) -> None:
+        validate_chat_id(chat_id)
+        await self._run_async(
+            self._locked_op(chat_id, False, partial(self._unlink_record, chat_id))
+        )
+
+    async def claim_async(self, key: str, ttl: float) -> bool:
+        # The claims directory's flock is held only around a check and a link (never across a
+        # wait for a turn), so a thread waiting on it waits microseconds.
+        return await in_thread(partial(self._markers.claim, validate_claim_key(key), ttl))
+
+    async def release_claim_async(self, key: str) -> None:
+        await in_thread(partial(self._markers.release, validate_claim_key(key)))
+
+    # -- operations: the decisions, once; ``block`` says whether the caller may wait in a call --
+    def _run(self, op: Op[T]) -> T:
+        return run_sync(op, _call)
+
+    async def _run_async(self, op: Op[T]) -> T:
+        return await run_async(op, in_thread)
+
+    def _lock_op(self, chat_id: str, *, block: bool, read: bool) -> Op[Held]:
+        """Take the chat's flock (and, with ``read``, load its record under it)."""
+        stem = self._stem(chat_id)
+        timeout = self._lock_timeout
+        # Only a sync caller with no timeout to honour waits inside the call (in the kernel).
+        try_lock = partial(
+            self._try_lock,
+            chat_id,
+            self.state_dir / f"{stem}.lock",
+            self.state_dir / f"{stem}.json",
+            block and timeout is None,
+            read,
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        while True:
+            held: Held | None = yield try_lock
+            if held is not None:
+                return held
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LockTimeoutError(
+                    f"chat {describe_chat_id(chat_id)} stayed locked for more than {timeout} s"
+                )
+            yield Sleep(pause)
+            pause = min(pause * 2, 0.02)
+
+    def _locked_op(self, chat_id: str, block: bool, action: Callable[[], T]) -> Op[T]:
+        """Run ``action`` under the chat's flock; the call that runs it also releases it."""
+        held = yield from self._lock_op(chat_id, block=block, read=False)
+        return (yield from self._handed_over(held, action))
+
+    def _commit_op(
+        self, held: Held, chat_id: str, record: StateRecord | None, update: StateUpdate
+    ) -> Op[int]:
+        """A turn's conditional write; it releases the turn's flock in the same call."""
+        try:
+            text = validate_write(chat_id, update.state_id, update.context, update.context_json)
+        except BaseException:
+            held.release()
+            raise
+        expected = 0 if record is None else record.version
+        write = partial(self._write_checked, chat_id, expected, update.state_id, text)
+        return (yield from self._handed_over(held, write))
+
+    @staticmethod
+    def _handed_over(held: Held, action: Callable[[], T]) -> Op[T]:
+        try:
+            return (yield ThenRelease(held, action))  # type: ignore[no-any-return]
+        except Exception:
+            # The call may never have run (no thread left to run it): release is idempotent.
+            # A cancellation (not an Exception) leaves the release to the running call.
+            held.release()
+            raise
+
+    # -- the blocking calls -----------------------------------------------------------------
+    def _try_lock(
+        self, chat_id: str, lock_path: Path, record_path: Path, block: bool, read: bool
+    ) -> Held | None:
+        """One try at the chat's flock (``None``: busy), reading the record once it is held."""
+        while True:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600)
+            except OSError as exc:
+                reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+                raise StateManagerError(
+                    f"cannot open the lock of chat {describe_chat_id(chat_id)}: {reason}"
+                ) from exc
+            try:
+                locked = try_flock(fd, block)
+                # The holder we waited for may have unlinked this file (its chat had no
+                # record): then our lock guards nothing and we lock the path's new file.
+                if locked and same_file(fd, lock_path):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+            if not locked:
+                return None
+        held = Held(fd, lock_path, record_path, None)
+        if read:
+            try:
+                held.record = self._read(chat_id, record_path)
+            except BaseException:
+                held.release()
+                raise
+        return held
+
+    def _read(self, chat_id: str, path: Path | None = None) -> StateRecord | None:
+        path = self.path_for(chat_id) if path is None else path
         try:
             fd = os.open(path, os.O_RDONLY | NOFOLLOW)
             try:
@@ -144,77 +319,33 @@ class FileStateManager(RecordStateManager):
             raise StateManagerError(
                 f"cannot read the record of chat {describe_chat_id(chat_id)}: {reason}"
             ) from exc
-        return _parse(chat_id, path, raw)
+        return parse_record(chat_id, path, raw)
 
-    def compare_and_set(
-        self,
-        chat_id: str,
-        state_id: str,
-        context: dict[str, Any],
-        *,
-        expected_version: int,
-        encoded: str | None = None,
-    ) -> int:
-        text = validate_write(chat_id, state_id, context, encoded)
+    def _write_checked(self, chat_id: str, expected: int, state_id: str, text: str) -> int:
         # The flock is held, but a writer that ignores it (a person editing files, an old
         # process) could have replaced the file: re-read the version instead of trusting it.
-        current = self.load(chat_id)
-        self._check_version(chat_id, 0 if current is None else current.version, expected_version)
-        self._write(chat_id, state_id, text, expected_version + 1)
-        return expected_version + 1
+        current = self._read(chat_id)
+        self._check_version(chat_id, 0 if current is None else current.version, expected)
+        self._write(chat_id, state_id, text, expected + 1)
+        return expected + 1
 
-    @contextlib.contextmanager
-    def lock(self, chat_id: str) -> Iterator[None]:
-        stem = self._stem(chat_id)
-        lock_path = self.state_dir / f"{stem}.lock"
-        fd = self._acquire(lock_path, chat_id)
+    def _overwrite(self, chat_id: str, state_id: str, text: str) -> None:
+        current = self._read(chat_id)
+        self._write(chat_id, state_id, text, 1 if current is None else current.version + 1)
+
+    def _unlink_record(self, chat_id: str) -> None:
         try:
-            yield
-        finally:
-            try:
-                if not _exists(self.state_dir / f"{stem}.json"):
-                    with contextlib.suppress(OSError):  # we hold it: nobody else can swap it
-                        os.unlink(lock_path)
-            finally:
-                os.close(fd)  # closing the only descriptor releases the flock
-
-    def _acquire(self, lock_path: Path, chat_id: str) -> int:
-        timeout = self._lock_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600)
-            except OSError as exc:
-                reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
-                raise StateManagerError(
-                    f"cannot open the lock of chat {describe_chat_id(chat_id)}: {reason}"
-                ) from exc
-            try:
-                flock_until(fd, deadline, f"chat {describe_chat_id(chat_id)}", timeout)
-                # The holder we waited for may have unlinked this file (its chat had no
-                # record): then our lock guards nothing and we lock the path's new file.
-                if same_file(fd, lock_path):
-                    return fd
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
-
-    # -- once-only markers -----------------------------------------------------------------
-    def claim(self, key: str, ttl: float) -> bool:
-        """A marker file per key in ``state_dir/claims``, linked complete or not at all."""
-        return self._markers.claim(validate_claim_key(key), validate_claim_ttl(ttl))
-
-    def release_claim(self, key: str) -> None:
-        """Forget ``key``'s marker (no error if there is none): the next claim wins."""
-        self._markers.release(validate_claim_key(key))
+            with contextlib.suppress(FileNotFoundError):
+                self.path_for(chat_id).unlink()
+        except OSError as exc:
+            raise StateManagerError(
+                f"cannot delete the record of chat {describe_chat_id(chat_id)}: {exc.strerror}"
+            ) from exc
+        self._sync_dir(chat_id)
 
     # -- writing ----------------------------------------------------------------------------
     def _write(self, chat_id: str, state_id: str, context_text: str, version: int) -> None:
-        body = (
-            f'{{"format":{_FORMAT},"chat_id":{json.dumps(chat_id)},'
-            f'"state_id":{json.dumps(state_id)},"version":{version},"context":{context_text}}}'
-        ).encode()
+        body = encode_record(chat_id, state_id, version, context_text)
         stem = self._stem(chat_id)
         tmp = self.state_dir / f".{stem}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         try:
@@ -263,22 +394,11 @@ class FileStateManager(RecordStateManager):
                 if name.endswith(".tmp") and name.startswith("."):
                     remove_if_old(name, dir_fd, cutoff)
                 elif name.endswith(".lock") and f"{name[:-5]}.json" not in names:
-                    _remove_orphan_lock(dir_fd, name)
+                    remove_orphan_lock(dir_fd, name)
         finally:
             os.close(dir_fd)
 
     # -- operator tools ----------------------------------------------------------------------
-    def _unlink_record(self, chat_id: str) -> None:
-        # The caller holds the chat's lock.
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                self.path_for(chat_id).unlink()
-        except OSError as exc:
-            raise StateManagerError(
-                f"cannot delete the record of chat {describe_chat_id(chat_id)}: {exc.strerror}"
-            ) from exc
-        self._sync_dir(chat_id)
-
     def delete_if(self, chat_id: str, *, expected_version: int) -> None:
         with self.lock(chat_id):  # delete_state takes the lock itself: flock is not reentrant
             current = self.load(chat_id)
@@ -317,7 +437,7 @@ class FileStateManager(RecordStateManager):
             raise CorruptStateError(f"{path.name} in state_dir is not a chat record") from exc
         if not isinstance(chat_id, str) or self._stem(chat_id) != path.name[:-5]:
             raise CorruptStateError(f"{path.name} in state_dir does not hold its own chat's record")
-        record = _parse(chat_id, path, raw)
+        record = parse_record(chat_id, path, raw)
         return ChatInfo(chat_id, record.state_id, record.version, mtime)
 
     def chat_info(self, chat_id: str) -> ChatInfo | None:
@@ -325,7 +445,7 @@ class FileStateManager(RecordStateManager):
         got = _read_with_mtime(path, f"the record of chat {describe_chat_id(chat_id)}")
         if got is None:
             return None
-        record = _parse(chat_id, path, got[0])
+        record = parse_record(chat_id, path, got[0])
         return ChatInfo(chat_id, record.state_id, record.version, got[1])
 
 
@@ -342,59 +462,3 @@ def _read_with_mtime(path: Path, what: str) -> tuple[bytes, float] | None:
     except OSError as exc:
         reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
         raise StateManagerError(f"cannot read {what}: {reason}") from exc
-
-
-def _remove_orphan_lock(dir_fd: int, name: str) -> None:
-    """Unlink lock file ``name`` if nobody holds it and its chat still has no record."""
-    try:
-        fd = os.open(name, os.O_RDWR | NOFOLLOW, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a planted symlink: unlinking it never touches its target
-            logger.warning("removing symlink %s planted in state_dir", name)
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=dir_fd)
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # Holding the lock, no record can appear; the path must still be the file we locked.
-        if same_file(fd, name, dir_fd) and not _exists(f"{name[:-5]}.json", dir_fd):
-            os.unlink(name, dir_fd=dir_fd)
-    except OSError:
-        pass  # busy (a live turn) or vanished: not an orphan
-    finally:
-        os.close(fd)
-
-
-def _exists(path: str | Path, dir_fd: int | None = None) -> bool:
-    try:
-        os.lstat(path, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _parse(chat_id: str, path: Path, raw: bytes) -> StateRecord:
-    who = f"chat {describe_chat_id(chat_id)}"
-    try:
-        data = load_json(raw)  # strict: NaN and over-deep nesting are ValueErrors here
-    except ValueError as exc:
-        raise CorruptStateError(
-            f"the record of {who} ({path.name}) is not valid JSON: {exc}"
-        ) from exc
-    if not isinstance(data, dict) or data.get("format") != _FORMAT:
-        raise CorruptStateError(f"the record of {who} ({path.name}) is not a format-1 record")
-    state_id, version, context = data.get("state_id"), data.get("version"), data.get("context")
-    if data.get("chat_id") != chat_id:
-        raise CorruptStateError(f"{path.name} holds another chat's record, not {who}")
-    if (
-        not isinstance(state_id, str)
-        or type(version) is not int
-        or version < 1
-        or not isinstance(context, dict)
-    ):
-        raise CorruptStateError(f"the record of {who} ({path.name}) has missing or bad fields")
-    try:
-        checked_context(context, raw, outer=1)  # the record's own braces are not the context's
-    except ValueError as exc:
-        raise CorruptStateError(f"the record of {who} ({path.name}) cannot be read: {exc}") from exc
-    return StateRecord(state_id, context, version)

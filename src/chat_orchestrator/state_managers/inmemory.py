@@ -103,7 +103,7 @@ class InMemoryStateManager(RecordStateManager):
 
     async def delete_state_async(self, chat_id: str) -> None:
         # Awaits the chat's lock like a turn, so a reset never lands inside a running turn.
-        chat_id = validate_chat_id(chat_id)  # as delete_state: a dict was a raw TypeError
+        validate_chat_id(chat_id)  # before the lock: a bad id must not lock anything
         entry = await run_async(self._locks.acquire_op(chat_id, self._lock_timeout), no_io)
         try:
             self._records.pop(chat_id, None)

@@ -19,7 +19,15 @@ from chat_orchestrator.state_managers.base import (
     StateManager,
 )
 
-__all__ = ["BAD_CHAT_IDS", "BAD_CONTEXTS", "BAD_STATE_IDS", "nested_context", "run_input_rules"]
+__all__ = [
+    "BAD_CHAT_IDS",
+    "BAD_CLAIM_KEYS",
+    "BAD_CONTEXTS",
+    "BAD_STATE_IDS",
+    "judge_refusal",
+    "nested_context",
+    "run_input_rules",
+]
 
 #: Ids every method must refuse with InvalidChatIdError (claim keys: InvalidClaimKeyError).
 BAD_CHAT_IDS: tuple[Any, ...] = (
@@ -63,16 +71,28 @@ def _expect(error: type[Exception], what: str, call: Callable[..., object], *arg
     started = time.monotonic()
     try:
         call(*args)
-    except error:
-        pass
     except Exception as exc:
-        raise AssertionError(
-            f"{what} raised {type(exc).__name__}: {exc}, not {error.__name__}"
-        ) from exc
+        judge_refusal(error, what, started, exc)
     else:
+        judge_refusal(error, what, started, None)
+
+
+def judge_refusal(
+    error: type[Exception], what: str, started: float, raised: Exception | None
+) -> None:
+    """The verdict on one bad-input call (sync or async): refused with ``error``, quickly."""
+    if raised is None:
         raise AssertionError(f"{what} was accepted; expected {error.__name__}")
+    if not isinstance(raised, error):
+        raise AssertionError(
+            f"{what} raised {type(raised).__name__}: {raised}, not {error.__name__}"
+        ) from raised
     # A manager that locks before validating (MongoDB once spun on lock(b"x")) is caught.
     assert time.monotonic() - started < 1.0, f"{what} waited before refusing"
+
+
+#: Claim keys every claim method must refuse (InvalidClaimKeyError); none may alias its str.
+BAD_CLAIM_KEYS: tuple[Any, ...] = (1, b"x", "", "\ud800", None, {"$gt": ""})
 
 
 def _record(manager: StateManager) -> tuple[str, dict[str, Any], int] | None:
@@ -170,7 +190,7 @@ def _version_of(manager: StateManager, chat_id: str) -> int:
 
 def _claim_rules(manager: StateManager) -> None:
     assert manager.claim("conformance-taken", 3600) is True, "a fresh key must claim"
-    for bad in (1, b"x", "", "\ud800", None, {"$gt": ""}):
+    for bad in BAD_CLAIM_KEYS:
         _expect(InvalidChatIdError, f"claim({bad!r})", manager.claim, bad, 60)
         release = f"release_claim({bad!r})"
         _expect(InvalidChatIdError, release, manager.release_claim, bad)

@@ -18,20 +18,32 @@ It runs Hypothesis property tests (``pip install "chat-orchestrator[testing]"``)
   than ``MAX_CONTEXT_DEPTH``) with an error of our tree, touching no other chat; claims
   never alias (``1`` vs ``"1"``) and ``release_claim`` frees a key.
 
+The async kit, :func:`check_async_state_manager` (same factory rule), drives the same rules
+through ``begin_turn_async``/``commit``/``close``, ``load_async``, ``delete_state_async``,
+``claim_async`` and ``release_claim_async``, and checks that a cancelled turn or wait leaves
+the record and frees the chat at once; it takes a built-in manager, a user's sync manager
+or a user's own ``AsyncStateManager``.
+
 Versions are compared as the manager reports them, so a manager with content-fingerprint
 versions (the default for the three seed methods) passes as well as a counting one.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import MissingDependencyError, VersionConflictError
-from chat_orchestrator.state_managers.base import MAX_CHAT_ID_LENGTH, StateManager, StateUpdate
+from chat_orchestrator.state_managers.base import StateManager, StateUpdate
+from chat_orchestrator.testing._async_rules import (
+    check_async_state_manager,
+    run_async_cancellation,
+    run_async_input_rules,
+    run_async_round_trips,
+    run_async_rule_based,
+)
 from chat_orchestrator.testing._input_rules import (
     BAD_CHAT_IDS,
     BAD_CONTEXTS,
@@ -39,9 +51,10 @@ from chat_orchestrator.testing._input_rules import (
     nested_context,
     run_input_rules,
 )
+from chat_orchestrator.testing._strategies import CHAT_ID_POOL, SETTINGS, chat_ids, json_contexts
 
 try:
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import given, settings
     from hypothesis import strategies as st
     from hypothesis.stateful import (
         RuleBasedStateMachine,
@@ -58,60 +71,18 @@ __all__ = [
     "BAD_STATE_IDS",
     "CHAT_ID_POOL",
     "chat_ids",
+    "check_async_state_manager",
     "check_state_manager",
     "json_contexts",
     "nested_context",
+    "run_async_cancellation",
+    "run_async_input_rules",
+    "run_async_round_trips",
+    "run_async_rule_based",
     "run_input_rules",
     "run_json_round_trips",
     "run_rule_based",
 ]
-
-#: Chat ids the rule-based test mixes: path tricks, key-naming tricks, case, unicode, NUL.
-CHAT_ID_POOL = (
-    "alice",
-    "Alice",
-    "../../etc/passwd",
-    "{a}",
-    "a:b",
-    "*",
-    "chat:{x}:l:y",
-    "$where",
-    "ünï😀",
-    "a\x00b",
-)
-
-_json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**53), max_value=2**53)
-    | st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not math.isnan(f))
-    | st.text(max_size=30)
-)
-_json_values = st.recursive(
-    _json_scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
-    max_leaves=20,
-)
-
-
-def json_contexts() -> st.SearchStrategy[dict[str, Any]]:
-    """Arbitrary JSON objects (str keys, finite numbers, nesting)."""
-    return st.dictionaries(st.text(max_size=12), _json_values, max_size=6)
-
-
-def chat_ids() -> st.SearchStrategy[str]:
-    """Arbitrary valid chat ids: any non-empty Unicode text without lone surrogates."""
-    return st.text(
-        st.characters(exclude_categories=["Cs"]), min_size=1, max_size=MAX_CHAT_ID_LENGTH // 64
-    )
-
-
-_SETTINGS = {
-    "deadline": None,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-}
 
 
 @dataclass
@@ -227,7 +198,7 @@ def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 4
 
     run_state_machine_as_test(
         Conformance,
-        settings=settings(max_examples=max_examples, stateful_step_count=25, **_SETTINGS),  # type: ignore[arg-type]
+        settings=settings(max_examples=max_examples, stateful_step_count=25, **SETTINGS),
     )
 
 
@@ -236,7 +207,7 @@ def run_json_round_trips(factory: Callable[[], StateManager], *, max_examples: i
     manager = factory()
     try:
 
-        @settings(max_examples=max_examples, **_SETTINGS)  # type: ignore[arg-type]
+        @settings(max_examples=max_examples, **SETTINGS)
         @given(chat_id=chat_ids(), context=json_contexts(), other=chat_ids())
         def round_trip(chat_id: str, context: dict[str, Any], other: str) -> None:
             manager.set_state(chat_id, "s", context)
