@@ -32,6 +32,14 @@ def test_an_old_empty_marker_no_longer_blocks_its_key_forever(tmp_path: Path) ->
     assert manager.claim("young", 60) is False  # may be mid-write by an old writer: live
 
 
+def expired_marker(manager: FileStateManager, key: str) -> bool:
+    """Claim ``key`` with a marker that has already expired.
+
+    The public ``claim`` refuses a ttl <= 0, so this goes one level down, to the markers.
+    """
+    return manager._markers.claim(key, -1.0)
+
+
 # -- 2. an expired key is re-claimed exactly once -------------------------------------------
 def test_threads_re_claiming_an_expired_key_win_once(tmp_path: Path) -> None:
     manager = FileStateManager(state_dir=tmp_path, fsync=False)
@@ -39,7 +47,7 @@ def test_threads_re_claiming_an_expired_key_win_once(tmp_path: Path) -> None:
     multiple_winners = []
     for round_ in range(rounds):
         key = f"k{round_}"
-        assert manager.claim(key, -1.0) is True  # a marker that has already expired
+        assert expired_marker(manager, key)
         barrier = threading.Barrier(threads)
         wins: list[bool] = []
 
@@ -79,7 +87,7 @@ def test_processes_re_claiming_expired_keys_win_once_each(tmp_path: Path) -> Non
     manager = FileStateManager(state_dir=state_dir, fsync=False)
     keys = [f"k{i}" for i in range(300)]
     for key in keys:
-        assert manager.claim(key, -1.0) is True
+        assert expired_marker(manager, key)
     outputs = [tmp_path / f"won-{i}" for i in range(4)]
     run_together(
         [
@@ -95,7 +103,7 @@ def test_processes_re_claiming_expired_keys_win_once_each(tmp_path: Path) -> Non
 def test_expired_markers_do_not_survive_a_restart(tmp_path: Path) -> None:
     manager = FileStateManager(state_dir=tmp_path, fsync=False)
     for i in range(2_000):
-        assert manager.claim(f"expired-{i}", -1.0) is True
+        assert expired_marker(manager, f"expired-{i}")
     for i in range(10):
         assert manager.claim(f"live-{i}", 3600) is True
     stale_temp = tmp_path / "claims" / ".dead-claimer.1.2.tmp"
@@ -117,7 +125,7 @@ def test_claims_sweep_expired_markers_periodically(
 ) -> None:
     manager = FileStateManager(state_dir=tmp_path, fsync=False)
     for i in range(1_000):
-        manager.claim(f"expired-{i}", -1.0)
+        expired_marker(manager, f"expired-{i}")
     manager.claim("live", 3600)
     assert len(names(tmp_path / "claims")) == 1_001  # not yet: sweeps are amortized
     real_monotonic = time.monotonic

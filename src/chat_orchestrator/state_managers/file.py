@@ -204,7 +204,8 @@ class FileStateManager(RecordStateManager):
     async def claim_async(self, key: str, ttl: float) -> bool:
         # The claims directory's flock is held only around a check and a link (never across a
         # wait for a turn), so a thread waiting on it waits microseconds.
-        return await in_thread(partial(self._markers.claim, validate_claim_key(key), ttl))
+        key, ttl = validate_claim_key(key), validate_claim_ttl(ttl)
+        return await in_thread(partial(self._markers.claim, key, ttl))
 
     async def release_claim_async(self, key: str) -> None:
         await in_thread(partial(self._markers.release, validate_claim_key(key)))
