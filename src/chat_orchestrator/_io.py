@@ -66,6 +66,7 @@ async def run_async(op: Op[T], execute: Callable[[Any], Awaitable[Any]]) -> T:
     Cancellation (``CancelledError``) is not an ``Exception``: it leaves the operation at
     once, and ``op.close()`` runs the operation's own ``finally`` clauses.
     """
+    task = asyncio.current_task()
     try:
         command = next(op)
         while True:
@@ -78,6 +79,11 @@ async def run_async(op: Op[T], execute: Callable[[Any], Awaitable[Any]]) -> T:
             except Exception as exc:
                 command = op.throw(exc)
             else:
+                if task is not None and task.cancelling():
+                    # A driver swallowed our cancellation (seen with pymongo's async pool
+                    # under load): stop here, or a cancelled wait for a chat runs on until
+                    # its lock timeout.
+                    raise asyncio.CancelledError
                 command = op.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
