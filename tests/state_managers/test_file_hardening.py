@@ -329,3 +329,21 @@ def test_lock_files_removed_under_contention_lose_no_update_across_processes(
     run_together([command] * 4, timeout=120)
     assert counter.read_text() == "600"
     assert chat_files(state_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"fsync": "no"}, TypeError),  # before: truthy, so fsync stayed on when asked off
+        ({"fsync": 0}, TypeError),
+        ({"lock_timeout": float("nan")}, ValueError),  # before: a busy chat waited forever
+        ({"lock_timeout": -1}, ValueError),
+        ({"lock_timeout": "3"}, TypeError),
+    ],
+    ids=repr,
+)
+def test_bad_settings_are_refused_when_built(
+    tmp_path: Path, kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        FileStateManager(state_dir=tmp_path / "s", **kwargs)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 
 from chat_orchestrator._io import Op, Sleep
 from chat_orchestrator.errors import LockTimeoutError, describe_chat_id
 
-__all__ = ["ClaimTable", "KeyedLock"]
+__all__ = ["ClaimTable", "KeyedLock", "check_lock_timeout"]
 
 
 class _Entry:
@@ -121,3 +122,18 @@ class ClaimTable:
 
     def __len__(self) -> int:
         return len(self._deadlines)
+
+
+def check_lock_timeout(lock_timeout: object) -> float | None:
+    """A lock wait in seconds (None: forever), checked when a manager is built.
+
+    Checked then, not at the first turn: threading.Lock.acquire raises a raw ValueError for
+    NaN or a negative number and OverflowError past TIMEOUT_MAX (an infinity: no limit).
+    """
+    if lock_timeout is None:
+        return None
+    if type(lock_timeout) is not float and type(lock_timeout) is not int:
+        raise TypeError(f"lock_timeout must be None or seconds, not {type(lock_timeout).__name__}")
+    if math.isnan(lock_timeout) or lock_timeout < 0:
+        raise ValueError(f"lock_timeout must be None or seconds >= 0, not {lock_timeout!r}")
+    return None if lock_timeout > threading.TIMEOUT_MAX else lock_timeout

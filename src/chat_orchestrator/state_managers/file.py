@@ -63,6 +63,7 @@ from chat_orchestrator.state_managers._file_turns import (
     ThenRelease,
     in_thread,
 )
+from chat_orchestrator.state_managers._locks import check_lock_timeout
 from chat_orchestrator.state_managers.base import (
     ChatInfo,
     RecordStateManager,
@@ -103,9 +104,11 @@ class FileStateManager(RecordStateManager):
         fsync: bool = True,
         lock_timeout: float | None = None,
     ) -> None:
+        if type(fsync) is not bool:  # "no" would be truthy: fsync on when asked off
+            raise TypeError(f"fsync must be True or False, not {fsync!r}")
         self.state_dir = Path(state_dir)
         self._fsync = fsync
-        self._lock_timeout = lock_timeout
+        self._lock_timeout = check_lock_timeout(lock_timeout)  # NaN waited forever
         try:
             make_private_dir(self.state_dir)
             # A fresh random name with O_EXCL: nothing planted in advance can be opened.

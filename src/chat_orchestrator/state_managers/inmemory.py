@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +9,7 @@ from typing import Any
 from chat_orchestrator._io import run_async
 from chat_orchestrator._jsonctx import decode_context
 from chat_orchestrator.errors import CorruptStateError, describe_chat_id
-from chat_orchestrator.state_managers._locks import KeyedLock
+from chat_orchestrator.state_managers._locks import KeyedLock, check_lock_timeout
 from chat_orchestrator.state_managers.async_base import AsyncTurnLease, local_turn, no_io
 from chat_orchestrator.state_managers.base import (
     ChatInfo,
@@ -37,7 +35,7 @@ class InMemoryStateManager(RecordStateManager):
         # chat id -> (state id, context JSON, version, last write in epoch seconds)
         self._records: dict[str, tuple[str, str, int, float]] = {}
         self._locks = KeyedLock()
-        self._lock_timeout = _checked_timeout(lock_timeout)
+        self._lock_timeout = check_lock_timeout(lock_timeout)
 
     # Seed methods write unconditionally, but bump the version so a concurrent turn notices.
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
@@ -137,18 +135,6 @@ class InMemoryStateManager(RecordStateManager):
             old = self._records.get(chat_id)
             self._check_version(chat_id, 0 if old is None else old[2], expected_version)
             self._records.pop(chat_id, None)
-
-
-def _checked_timeout(lock_timeout: object) -> float | None:
-    # Checked here, not at the first turn: threading.Lock.acquire raises a raw ValueError for
-    # NaN or a negative number and OverflowError past TIMEOUT_MAX (an infinity: no limit).
-    if lock_timeout is None:
-        return None
-    if type(lock_timeout) is not float and type(lock_timeout) is not int:
-        raise TypeError(f"lock_timeout must be None or seconds, not {type(lock_timeout).__name__}")
-    if math.isnan(lock_timeout) or lock_timeout < 0:
-        raise ValueError(f"lock_timeout must be None or seconds >= 0, not {lock_timeout!r}")
-    return None if lock_timeout > threading.TIMEOUT_MAX else lock_timeout
 
 
 class _Held:
