@@ -1,16 +1,19 @@
 """Shared shape of backends whose chat lock is an expiring lease held by a random token.
 
-A backend implements three primitives, each one round trip:
+A backend writes each storage step once, as an operation (``chat_orchestrator._io``): a
+generator that yields the store's own commands. The lease steps are
 
-* ``_try_acquire(chat_id, token)``: take the lease if free (or expired) and read the record;
+* ``_acquire_op(chat_id, token)``: take the lease if free (or expired) and read the record;
   ``(False, None)`` when another token holds a live lease;
-* ``_write(chat_id, token, expected, ...)``: store if the version is ``expected`` (and, with a
-  token, the lease is still ours), dropping the lease in the same operation;
-* ``_unlock(chat_id, token)``: drop the lease if it is still ours;
-* ``_renew(chat_id, token)``: push the lease's end ``lock_lease`` ahead if it is still ours.
+* ``_write_op(chat_id, token, expected, ...)``: store if the version is ``expected`` (and, with
+  a token, the lease is still ours), dropping the lease in the same operation;
+* ``_unlock_op(chat_id, token)``: drop the lease if it is still ours;
+* ``_renew_op(chat_id, token)``: push the lease's end ``lock_lease`` ahead if it is still ours;
 
-This class turns them into waiting with backoff, ``lock``, ``save``, ``compare_and_set`` and a
-two-round-trip turn.
+plus the record and claim steps, and two I/O layers that run one command (``_execute``,
+``_execute_async``). This class validates every argument once and turns the operations into
+waiting with backoff, ``lock``, ``save``, ``compare_and_set`` and a two-round-trip turn, on
+the sync path and, through the very same operations, on the async one.
 
 Leases are short (``DEFAULT_LOCK_LEASE``) so that a killed worker frees its chats quickly, and
 a turn waits much longer than that (``DEFAULT_LOCK_TIMEOUT``), so the next message for a chat
