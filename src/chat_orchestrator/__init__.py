@@ -30,6 +30,7 @@ from chat_orchestrator.errors import (
     InvalidStepResultError,
     LockTimeoutError,
     MissingDependencyError,
+    PipelineError,
     SenderError,
     SenderTimeoutError,
     StateManagerError,
@@ -79,6 +80,11 @@ if TYPE_CHECKING:
     from chat_orchestrator.channels import (
         inbound_message as inbound_message,
     )
+    from chat_orchestrator.pipeline.events import Event as Event
+    from chat_orchestrator.pipeline.scope import cancel_timer as cancel_timer
+    from chat_orchestrator.pipeline.scope import current_event as current_event
+    from chat_orchestrator.pipeline.scope import schedule_timer as schedule_timer
+    from chat_orchestrator.pipeline.worker import Worker as Worker
     from chat_orchestrator.senders.whatsapp import WhatsAppSender as WhatsAppSender
     from chat_orchestrator.senders.whatsapp_async import (
         AsyncWhatsAppSender as AsyncWhatsAppSender,
@@ -118,6 +124,7 @@ __all__ = [
     "LockTimeoutError",
     "MessageSender",
     "MissingDependencyError",
+    "PipelineError",
     "RecordStateManager",
     "RecordingSender",
     "SQLiteStateManager",
@@ -154,6 +161,11 @@ OPTIONAL = {
     "MongoDBStateManager": "chat_orchestrator.state_managers.mongodb",
     "RedisStateManager": "chat_orchestrator.state_managers.redis",
     "WhatsAppBot": "chat_orchestrator.channels",
+    "Worker": "chat_orchestrator.pipeline.worker",
+    "Event": "chat_orchestrator.pipeline.events",
+    "schedule_timer": "chat_orchestrator.pipeline.scope",
+    "cancel_timer": "chat_orchestrator.pipeline.scope",
+    "current_event": "chat_orchestrator.pipeline.scope",
     "WhatsAppSender": "chat_orchestrator.senders.whatsapp",
     "AsyncWhatsAppSender": "chat_orchestrator.senders.whatsapp_async",
     "WhatsAppWebhook": "chat_orchestrator.channels",

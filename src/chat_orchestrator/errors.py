@@ -54,6 +54,7 @@ __all__ = [
     "InvalidStepResultError",
     "LockTimeoutError",
     "MissingDependencyError",
+    "PipelineError",
     "SenderError",
     "SenderTimeoutError",
     "StateManagerError",
@@ -181,6 +182,10 @@ class StoreURLError(StateManagerError, ValueError):
 
 class StoreCapabilityError(StateManagerError):
     """The store cannot do what was asked (a user's seed-only manager cannot list its chats)."""
+
+
+class PipelineError(ChatOrchestratorError, ValueError):
+    """An event, timer or outbound message the message pipeline cannot accept or read."""
 
 
 class ChatImportError(StateManagerError, ValueError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
@@ -30,6 +31,7 @@ from chat_orchestrator.errors import (
     UnknownStateError,
     describe_chat_id,
 )
+from chat_orchestrator.pipeline.section import PIPELINE_KEY, Section, merge, split
 from chat_orchestrator.senders._views import AnySender, as_async, as_sync
 from chat_orchestrator.senders.base import AsyncMessageSender, MessageSender
 from chat_orchestrator.state_managers.async_base import AsyncStateManager
@@ -117,6 +119,9 @@ class ChatOrchestrator:
             raise TypeError("state_aliases must be a mapping of str (old state) to str (new)")
         self.state_aliases: Mapping[str, str] = dict(aliases)
         self._steps: dict[str, _Step] = {}
+        #: state -> (seconds, state whose step runs when the chat stays that long); the
+        #: message pipeline's workers arm and fire them (direct turns have no timers).
+        self.timeouts: dict[str, tuple[float, str]] = {}
         self.sender = sender
 
     @property
@@ -204,6 +209,23 @@ class ChatOrchestrator:
         targets = None if to is None else frozenset(to)
         self._steps[state_id] = _Step(function, targets, encodes, is_async, in_thread)
 
+    def set_timeout(self, state_id: str, seconds: float, on_timeout: str) -> None:
+        """When a chat stays in ``state_id`` for ``seconds``, run ``on_timeout``'s step.
+
+        Served by the message pipeline: each turn that ends in ``state_id`` (re)arms a timer
+        bound to it; the fired turn gets ``user_input=None`` and a ``"timer"`` event.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"a timeout must be seconds, not {type(seconds).__name__}")
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"a timeout must be a positive number of seconds, not {seconds!r}")
+        for name in (state_id, on_timeout):
+            if name not in self._steps:
+                raise UnknownStateError(
+                    f"timeout state {name!r} has no registered step", chat_id="-", state_id=name
+                )
+        self.timeouts[state_id] = (float(seconds), on_timeout)
+
     @property
     def states(self) -> dict[str, frozenset[str] | None]:
         """Each registered state with its declared targets (None: undeclared)."""
@@ -218,19 +240,11 @@ class ChatOrchestrator:
         validate_chat_id(chat_id)
         turn = _call_manager(self.state_manager.begin_turn, chat_id)
         try:
-            step, state_id, context = self._prepare(chat_id, turn.record)
-            try:
-                if step.is_async:
-                    result = _run_coroutine(
-                        step.function(chat_id, user_input, context, self._async_sender)
-                    )
-                else:
-                    result = step.function(chat_id, user_input, context, self._sync_sender)
-            except TurnError:
-                raise  # already names chat and state (the class API's context errors)
-            except Exception as exc:
-                raise _step_failed(exc, chat_id, state_id) from exc
+            step, state_id, context, section = self._prepare(chat_id, turn.record)
+            result = self.run_step(step, state_id, chat_id, user_input, context, self._sync_sender)
             update = self._finish(chat_id, state_id, step, result)
+            if section is not None:  # the message pipeline's bookkeeping rides along unchanged
+                update = merge(update, section, chat_id)
             _call_manager(turn.commit, update)
         except BaseException as exc:
             _release_after_failure(turn.close, chat_id, exc)
@@ -248,22 +262,13 @@ class ChatOrchestrator:
         validate_chat_id(chat_id)
         turn = await _acall_manager(self.state_manager.begin_turn_async, chat_id)
         try:
-            step, state_id, context = self._prepare(chat_id, turn.record)
-            try:
-                if step.is_async:
-                    result = await step.function(chat_id, user_input, context, self._async_sender)
-                elif step.in_thread:
-                    sender = as_sync(self.sender, asyncio.get_running_loop())
-                    result = await asyncio.to_thread(
-                        step.function, chat_id, user_input, context, sender
-                    )
-                else:
-                    result = step.function(chat_id, user_input, context, self._sync_sender)
-            except TurnError:
-                raise
-            except Exception as exc:
-                raise _step_failed(exc, chat_id, state_id) from exc
+            step, state_id, context, section = self._prepare(chat_id, turn.record)
+            result = await self.run_step_async(
+                step, state_id, chat_id, user_input, context, self.sender
+            )
             update = self._finish(chat_id, state_id, step, result)
+            if section is not None:
+                update = merge(update, section, chat_id)
             await _acall_manager(turn.commit, update)
         except BaseException as exc:
             # Shielded: a second cancellation must not leave the chat leased.
@@ -272,13 +277,77 @@ class ChatOrchestrator:
         await _acall_manager(turn.close)
         return update.state_id
 
+    # -- the step call, shared by the direct turns above and the pipeline's workers --------
+    def run_step(
+        self,
+        step: _Step,
+        state_id: str,
+        chat_id: str,
+        user_input: str | None,
+        context: dict[str, Any],
+        sender: MessageSender,
+        async_face: AsyncMessageSender | None = None,
+    ) -> object:
+        """Call ``step`` on this thread; its failure becomes StepError. (Engine internals.)
+
+        ``async_face`` is the sender an ``async def`` step gets (default: ``sender`` wrapped).
+        """
+        try:
+            if step.is_async:
+                face = async_face or (
+                    self._async_sender if sender is self._sync_sender else as_async(sender)
+                )
+                return _run_coroutine(step.function(chat_id, user_input, context, face))
+            return step.function(chat_id, user_input, context, sender)
+        except TurnError:
+            raise  # already names chat and state (the class API's context errors)
+        except Exception as exc:
+            raise _step_failed(exc, chat_id, state_id) from exc
+
+    async def run_step_async(
+        self,
+        step: _Step,
+        state_id: str,
+        chat_id: str,
+        user_input: str | None,
+        context: dict[str, Any],
+        sender: AnySender,
+        async_face: AsyncMessageSender | None = None,
+    ) -> object:
+        """Call ``step`` on the running loop (a plain ``def`` in a thread unless told not to)."""
+        mine = sender is self._sender  # the cached faces of the orchestrator's own sender
+        try:
+            if step.is_async:
+                face = async_face or (self._async_sender if mine else as_async(sender))
+                return await step.function(chat_id, user_input, context, face)
+            if step.in_thread:
+                blocking = as_sync(sender, asyncio.get_running_loop())
+                return await asyncio.to_thread(
+                    step.function, chat_id, user_input, context, blocking
+                )
+            plain = self._sync_sender if mine else as_sync(sender)
+            return step.function(chat_id, user_input, context, plain)
+        except TurnError:
+            raise
+        except Exception as exc:
+            raise _step_failed(exc, chat_id, state_id) from exc
+
     def _prepare(
-        self, chat_id: str, record: StateRecord | None
-    ) -> tuple[_Step, str, dict[str, Any]]:
+        self, chat_id: str, record: StateRecord | None, state: str | None = None
+    ) -> tuple[_Step, str, dict[str, Any], Section | None]:
+        """The step to run, its state and context, and the record's pipeline section.
+
+        ``state`` runs that state's step instead of the stored one (a fired timeout).
+        """
+        section = None
         if record is None:
             state_id, context = self.initial_state, {}
         else:
             state_id, context = record.state_id, record.context
+            if PIPELINE_KEY in context:
+                context, section = split(chat_id, context)
+        if state is not None:
+            state_id = state
         step = self._steps.get(state_id)
         if step is None and record is not None and state_id in self.state_aliases:
             state_id = self.state_aliases[state_id]
@@ -288,7 +357,7 @@ class ChatOrchestrator:
             raise UnknownStateError(
                 f"{where} {state_id!r} has no registered step", chat_id=chat_id, state_id=state_id
             )
-        return step, state_id, context
+        return step, state_id, context, section
 
     def _finish(self, chat_id: str, state_id: str, step: _Step, result: object) -> StateUpdate:
         if step.encodes:

@@ -40,6 +40,7 @@ from chat_orchestrator.errors import (
 from chat_orchestrator.state_managers._locks import ClaimTable, KeyedLock
 
 if TYPE_CHECKING:
+    from chat_orchestrator.pipeline.store import PipelineStore
     from chat_orchestrator.state_managers.async_base import AsyncTurnLease
 
 __all__ = [
@@ -431,6 +432,17 @@ class StateManager(ABC):
         await asyncio.to_thread(self.close)
 
     # -- lifecycle ------------------------------------------------------------------------
+    def pipeline_store(self) -> PipelineStore:
+        """The message pipeline's inbox and work index in this manager's store.
+
+        Stores that can hold them return one (the same one on every call); this default
+        refuses with StoreCapabilityError naming the stores that can.
+        """
+        raise StoreCapabilityError(
+            f"{type(self).__name__} cannot hold the message pipeline (inbox, outbox, timers); "
+            "use memory:, sqlite:, redis:, redis+cluster:, mongodb: or postgresql:"
+        )
+
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract on purpose
         """Release connections or handles; the default has none."""
 

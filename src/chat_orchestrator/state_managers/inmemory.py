@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chat_orchestrator._io import run_async
 from chat_orchestrator._jsonctx import decode_context
@@ -21,6 +21,9 @@ from chat_orchestrator.state_managers.base import (
     validate_write,
 )
 
+if TYPE_CHECKING:
+    from chat_orchestrator.pipeline.memory import MemoryPipelineStore
+
 __all__ = ["InMemoryStateManager"]
 
 
@@ -36,6 +39,15 @@ class InMemoryStateManager(RecordStateManager):
         self._records: dict[str, tuple[str, str, int, float]] = {}
         self._locks = KeyedLock()
         self._lock_timeout = check_lock_timeout(lock_timeout)
+        self._pipeline: MemoryPipelineStore | None = None
+
+    def pipeline_store(self) -> MemoryPipelineStore:
+        """The pipeline's inbox and work index, in this process's memory beside the records."""
+        if self._pipeline is None:
+            from chat_orchestrator.pipeline.memory import MemoryPipelineStore
+
+            self._pipeline = MemoryPipelineStore()
+        return self._pipeline
 
     # Seed methods write unconditionally, but bump the version so a concurrent turn notices.
     def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
