@@ -17,12 +17,12 @@ from chat_orchestrator.errors import SenderError
 from chat_orchestrator.pipeline.events import Event
 from chat_orchestrator.pipeline.scope import cancel_timer, current_event, schedule_timer
 from chat_orchestrator.pipeline.section import PIPELINE_KEY
-from chat_orchestrator.pipeline.worker import Worker
+from chat_orchestrator.pipeline.worker import Worker, WorkerSettings
 from chat_orchestrator.senders.base import MessageSender
 from chat_orchestrator.state_managers.base import StateManager
 from tests.pipeline.conftest import PipeFactory
 
-FAST = {"backoff": 0.01, "max_backoff": 0.02, "send_backoff": 0.01, "max_send_backoff": 0.02}
+FAST = WorkerSettings(backoff=0.01, max_backoff=0.02, send_backoff=0.01, max_send_backoff=0.02)
 
 
 def counter_bot(manager: StateManager, sender: MessageSender | None = None) -> ChatOrchestrator:
@@ -76,12 +76,13 @@ def test_events_run_once_in_order_and_replies_go_out_after_the_commit(
     store.add(msgs("c1", "a", "b", "c"))
     store.add(msgs("c2", "x"))
     assert sender.texts() == []  # storing runs nothing
-    outcome = Worker(bot, **FAST).drain()
+    outcome = Worker(bot, settings=FAST).drain()
     assert (outcome.turns, outcome.sent) == (4, 4)
     assert sent_texts(sender, "c1") == ["1:a", "2:b", "3:c"]
     assert sent_texts(sender, "c2") == ["1:x"]
     record = pipe_manager.load("c1")
-    assert record is not None and record.context["seen"] == ["a", "b", "c"]
+    assert record is not None
+    assert record.context["seen"] == ["a", "b", "c"]
     # Redelivered: nothing runs twice.
     store.add(msgs("c1", "a", "b", "c"))
     assert Worker(bot).drain().turns == 0
@@ -108,7 +109,8 @@ def test_the_step_never_sees_the_pipeline_section(pipe_manager: StateManager) ->
     # A direct turn keeps the section (the pending timer) too.
     bot.handle_message("c1", "direct")
     record = pipe_manager.load("c1")
-    assert record is not None and "t" in record.context[PIPELINE_KEY]["timers"]
+    assert record is not None
+    assert "t" in record.context[PIPELINE_KEY]["timers"]
     assert seen[-1] == {"k": "b"}
 
 
@@ -119,15 +121,17 @@ def test_a_failing_step_is_retried_then_parked_and_the_chat_goes_on(
     bot = counter_bot(pipe_manager, sender)
     store = pipe_manager.pipeline_store()
     store.add(msgs("c1", "boom", "after"))
-    worker = Worker(bot, max_attempts=3, **FAST)
+    worker = Worker(bot, max_attempts=3, settings=FAST)
     deadline = time.time() + 10
     while time.time() < deadline and sent_texts(sender, "c1") != ["1:after"]:
         worker.drain()
         time.sleep(0.02)
     assert sent_texts(sender, "c1") == ["1:after"]  # the failed turn sent nothing
-    assert worker.outcome.failed == 3 and worker.outcome.parked == 1
+    assert worker.outcome.failed == 3
+    assert worker.outcome.parked == 1
     [letter] = store.dead_letters()
-    assert letter.kind == "event" and letter.chat_id == "c1"
+    assert letter.kind == "event"
+    assert letter.chat_id == "c1"
     assert "the step failed" in letter.error
     assert Event.from_json(letter.body).user_input == "boom"
 
@@ -141,7 +145,8 @@ def test_a_failed_try_leaves_the_state_as_it_was(pipe_manager: StateManager) -> 
     store.add(msgs("c1", "boom", prefix="b"))
     Worker(bot, max_attempts=5, backoff=60).drain()
     after = pipe_manager.load("c1")
-    assert before is not None and after is not None
+    assert before is not None
+    assert after is not None
     assert after.state_id == before.state_id
     assert {k: v for k, v in after.context.items() if k != PIPELINE_KEY} == {
         k: v for k, v in before.context.items() if k != PIPELINE_KEY
@@ -179,14 +184,15 @@ def test_transient_send_errors_are_retried_in_order_and_never_undo_the_turn(
     sender = FlakySender(3)
     bot = counter_bot(pipe_manager, sender)
     pipe_manager.pipeline_store().add(msgs("c1", "a", "b"))
-    worker = Worker(bot, **FAST)
+    worker = Worker(bot, settings=FAST)
     deadline = time.time() + 10
     while time.time() < deadline and len(sender.texts()) < 2:
         worker.drain()
         time.sleep(0.02)
     assert sender.texts("c1") == ["1:a", "2:b"]
     record = pipe_manager.load("c1")
-    assert record is not None and record.context["n"] == 2
+    assert record is not None
+    assert record.context["n"] == 2
 
 
 def test_a_permanent_send_error_is_a_dead_letter_and_the_next_reply_goes(
@@ -196,10 +202,11 @@ def test_a_permanent_send_error_is_a_dead_letter_and_the_next_reply_goes(
     bot = counter_bot(pipe_manager, sender)
     store = pipe_manager.pipeline_store()
     store.add(msgs("c1", "a", "b"))
-    Worker(bot, **FAST).drain()
+    Worker(bot, settings=FAST).drain()
     assert sender.texts("c1") == ["2:b"]
     [letter] = store.dead_letters()
-    assert letter.kind == "send" and "the channel is down" in letter.error
+    assert letter.kind == "send"
+    assert "the channel is down" in letter.error
     assert '"1:a"' in letter.body
 
 
@@ -229,7 +236,8 @@ def test_a_bound_timer_is_dropped_when_the_chat_moved_on(pipe_manager: StateMana
     worker.drain()
     assert sender.texts("c1") == ["1:remind", "2:move"]
     record = pipe_manager.load("c1")
-    assert record is not None and record.state_id == "elsewhere"
+    assert record is not None
+    assert record.state_id == "elsewhere"
 
 
 def test_an_unbound_timer_fires_wherever_the_chat_is(pipe_manager: StateManager) -> None:
