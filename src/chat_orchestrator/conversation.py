@@ -470,7 +470,7 @@ def _check_timeout(name: str, marker: _Marker, problems: list[str]) -> None:
         problems.append(f"state {name!r}: on_timeout must name a state")
 
 
-def _timeouts(cls: type) -> dict[str, tuple[float, str, frozenset[str] | None]]:
+def _timeouts(cls: type[Conversation[Any]]) -> dict[str, tuple[float, str, frozenset[str] | None]]:
     """Each state's (seconds, on_timeout state, targets declared without the timeout edge)."""
     found: dict[str, tuple[float, str, frozenset[str] | None]] = {}
     for name in cls.flow.states:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel
@@ -99,12 +99,12 @@ def test_an_unknown_timeout_target_is_a_definition_error() -> None:
     ],
 )
 def test_bad_timeouts_are_definition_errors(
-    timeout: object, on_timeout: str | None, problem: str
+    timeout: Any, on_timeout: str | None, problem: str
 ) -> None:
     with pytest.raises(ConversationDefinitionError, match=problem):
 
         class Bad(Conversation[Order]):
-            @state(initial=True, timeout=timeout, on_timeout=on_timeout)  # type: ignore[arg-type]
+            @state(initial=True, timeout=timeout, on_timeout=on_timeout)
             def ask(self, turn: Turn[Order]) -> Literal["ask"]:
                 return "ask"
 
