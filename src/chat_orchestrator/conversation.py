@@ -55,6 +55,7 @@ from chat_orchestrator.orchestrator import (
 )
 from chat_orchestrator.pipeline.events import Event
 from chat_orchestrator.pipeline.scope import TIMEOUT_TIMER, current_event
+from chat_orchestrator.pipeline.section import merge, split
 from chat_orchestrator.senders._views import AnySender
 from chat_orchestrator.senders.base import AsyncMessageSender, MessageSender
 from chat_orchestrator.state_managers.async_base import AsyncStateManager, require_sync
@@ -270,7 +271,8 @@ class Conversation(Generic[C]):
         if record is None:
             return None
         state_id = type(self)._current_state(record.state_id)
-        return typing.cast("C", self._schema.load(record.context, chat_id, state_id))
+        context, _ = split(chat_id, record.context)
+        return typing.cast("C", self._schema.load(context, chat_id, state_id))
 
     @classmethod
     def _current_state(cls, stored: str) -> str:
@@ -299,11 +301,13 @@ class Conversation(Generic[C]):
                 chat_id=chat_id,
                 state_id=record.state_id,
             )
-        found = schema.stored_version(record.context, chat_id, state_id)
+        stored, section = split(chat_id, record.context)
+        found = schema.stored_version(stored, chat_id, state_id)
         if found == schema.version and state_id == record.state_id:
             return None
-        context = schema.load(record.context, chat_id, state_id)
-        return StateUpdate(state_id, *schema.dump(context, chat_id, state_id))
+        context = schema.load(stored, chat_id, state_id)
+        update = StateUpdate(state_id, *schema.dump(context, chat_id, state_id))
+        return merge(update, section, chat_id)  # pending replies and timers survive it
 
     @classmethod
     def mermaid(cls) -> str:

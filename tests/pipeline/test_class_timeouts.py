@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pytest
 from pydantic import BaseModel
 
 from chat_orchestrator import Conversation, RecordingSender, Turn, state
+from chat_orchestrator._migrations import Migration
 from chat_orchestrator.errors import ConversationDefinitionError
 from chat_orchestrator.pipeline.events import Event
 from chat_orchestrator.pipeline.worker import Worker
@@ -115,3 +117,37 @@ def test_direct_turns_do_not_arm_timeouts(pipe_manager: StateManager) -> None:
     record = pipe_manager.load("c1")
     assert record is not None
     assert "__pipeline__" not in record.context
+
+
+class StrictOrder(BaseModel, extra="forbid"):
+    item: str | None = None
+
+
+class StrictShop(Conversation[StrictOrder]):
+    schema_version = 2
+    migrations: ClassVar[Mapping[int, Migration]] = {1: lambda old: {"item": old.get("thing")}}
+
+    @state(initial=True, timeout=60, on_timeout="ask")
+    def ask(self, turn: Turn[StrictOrder]) -> Literal["ask"]:
+        turn.send("hello")
+        return "ask"
+
+
+def test_a_strict_context_never_sees_the_section_and_migration_keeps_it(
+    pipe_manager: StateManager,
+) -> None:
+    shop = StrictShop(pipe_manager, RecordingSender())
+    pipe_manager.pipeline_store().add([Event("m1", "c1", None)])
+    Worker(shop).drain()
+    assert shop.context_of("c1") == StrictOrder()
+    record = pipe_manager.load("c1")
+    assert record is not None
+    # Pretend the record predates schema 2: the upgrade keeps the armed timeout.
+    old = {k: v for k, v in record.context.items() if k != "__schema_version__"}
+    pipe_manager.set_state("c1", "ask", {**old, "thing": "tea"})
+    stale = pipe_manager.load("c1")
+    assert stale is not None
+    update = StrictShop.upgrade_record(stale, chat_id="c1")
+    assert update is not None
+    assert update.context["item"] == "tea"
+    assert "__timeout__" in update.context["__pipeline__"]["timers"]
