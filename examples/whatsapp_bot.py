@@ -12,6 +12,10 @@ Environment:
   HOST, PORT                where to listen (default 127.0.0.1:8000)
   WHATSAPP_API_BASE         Graph API base URL (default https://graph.facebook.com)
   REQUEST_TIMEOUT           seconds a client may take to send its request (default 10)
+  CHAT_MODE                 direct (run each turn in the request) or queue (store it; workers
+                            run it: never lose a message, answer Meta at once); default direct
+  CHAT_WORKERS              queue mode: worker threads in this process (default 2; 0: run
+                            them apart: ``chat-orchestrator worker examples/whatsapp_bot.py:bot``)
 
 Every path answers the webhook; point Meta's callback URL at ``https://<your host>/webhook``.
 Run it with ``uv run examples/whatsapp_bot.py`` behind an HTTPS reverse proxy or tunnel.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from chat_orchestrator.channels import WhatsAppBot, WhatsAppWebhook
 from chat_orchestrator.errors import StateManagerError
+from chat_orchestrator.pipeline.worker import Worker
 from chat_orchestrator.senders.whatsapp import WhatsAppSender
 from chat_orchestrator.state_managers.base import StateManager
 from chat_orchestrator.state_managers.file import FileStateManager
@@ -57,6 +63,11 @@ def check_settings(env: Mapping[str, str]) -> None:
     missing = [name for name in REQUIRED if not env.get(name, "").strip()]
     if missing:
         raise SettingsError(f"missing environment variables: {', '.join(missing)}")
+    if env.get("CHAT_MODE", "direct") not in ("direct", "queue"):
+        raise SettingsError(f"CHAT_MODE must be direct or queue, got {env['CHAT_MODE']!r}")
+    workers = env.get("CHAT_WORKERS", "")
+    if workers and not (workers.isascii() and workers.isdigit() and int(workers) < 1000):
+        raise SettingsError(f"CHAT_WORKERS must be a whole number below 1000, got {workers!r}")
     for name in ("PORT", "REQUEST_TIMEOUT"):
         value = env.get(name, "")
         if value and not (value.isascii() and value.isdigit() and 0 < int(value) < 65536):
@@ -87,7 +98,16 @@ def build_app(argv: Sequence[str] = ()) -> WhatsAppBot:
     )
     orchestrator = greeting_orchestrator(state_manager_from_env(argv), sender)
     webhook = WhatsAppWebhook(env["WHATSAPP_VERIFY_TOKEN"], env["WHATSAPP_APP_SECRET"])
-    return WhatsAppBot(orchestrator, webhook, phone_number_id=sender.phone_number_id)
+    mode = env.get("CHAT_MODE") or "direct"
+    return WhatsAppBot(orchestrator, webhook, phone_number_id=sender.phone_number_id, mode=mode)
+
+
+def __getattr__(name: str) -> object:
+    # ``chat-orchestrator worker examples/whatsapp_bot.py:bot`` builds the bot from the
+    # same environment as the server.
+    if name == "bot":
+        return build_app()
+    raise AttributeError(name)
 
 
 class ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -127,9 +147,19 @@ def main() -> int:
     except OSError as exc:
         print(f"whatsapp_bot: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
+    workers = int(os.environ.get("CHAT_WORKERS") or "2") if app.mode == "queue" else 0
+    stop = threading.Event()
+    if workers:
+        worker = Worker(app)
+        threading.Thread(
+            target=worker.run, args=(stop,), kwargs={"threads": workers}, daemon=True
+        ).start()
     with server:
-        print(f"listening on http://{host}:{server.server_port}", flush=True)
-        server.serve_forever()
+        print(f"listening on http://{host}:{server.server_port} ({app.mode} mode)", flush=True)
+        try:
+            server.serve_forever()
+        finally:
+            stop.set()
     return 0
 
 
