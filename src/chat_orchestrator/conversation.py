@@ -31,10 +31,12 @@ the next turn, and :meth:`Conversation.upgrade_record` migrates one eagerly (the
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
@@ -51,6 +53,9 @@ from chat_orchestrator.orchestrator import (
     ChatOrchestrator,
     TypedStepFunction,
 )
+from chat_orchestrator.pipeline.events import Event
+from chat_orchestrator.pipeline.scope import TIMEOUT_TIMER, current_event
+from chat_orchestrator.pipeline.section import merge, split
 from chat_orchestrator.senders._views import AnySender
 from chat_orchestrator.senders.base import AsyncMessageSender, MessageSender
 from chat_orchestrator.state_managers.async_base import AsyncStateManager, require_sync
@@ -81,6 +86,17 @@ class Turn(Generic[C]):
     #: A blocking sender in a ``def`` state, an awaitable one in an ``async def`` state.
     sender: MessageSender | AsyncMessageSender
 
+    @property
+    def event(self) -> Event | None:
+        """The inbox event this turn handles (in a pipeline worker), or None (direct)."""
+        return current_event()
+
+    @property
+    def timed_out(self) -> bool:
+        """True when this turn runs because the chat stayed in a state past its timeout."""
+        event = current_event()
+        return event is not None and event.is_timer and event.data.get("timer") == TIMEOUT_TIMER
+
     def send(self, text: str, options: dict[str, Any] | None = None) -> str | None:
         """Reply to this chat; returns the channel's message id, if any."""
         sender = self.sender
@@ -101,6 +117,9 @@ class _Marker:
     initial: bool
     final: bool
     to: frozenset[str] | None
+    #: Seconds in this state before ``on_timeout``'s step runs (message pipeline only).
+    timeout: float | None = None
+    on_timeout: str | None = None
 
 
 _MARKER = "__chat_state__"
@@ -110,7 +129,12 @@ _MARKER = "__chat_state__"
 def state(function: F, /) -> F: ...
 @overload
 def state(
-    *, initial: bool = False, final: bool = False, to: Iterable[str] | None = None
+    *,
+    initial: bool = False,
+    final: bool = False,
+    to: Iterable[str] | None = None,
+    timeout: timedelta | float | None = None,
+    on_timeout: str | None = None,
 ) -> Callable[[F], F]: ...
 def state(
     function: F | None = None,
@@ -119,11 +143,21 @@ def state(
     initial: bool = False,
     final: bool = False,
     to: Iterable[str] | None = None,
+    timeout: timedelta | float | None = None,
+    on_timeout: str | None = None,
 ) -> F | Callable[[F], F]:
-    """Mark a method as a state: ``@state``, ``@state(initial=True)``, ``@state(to=[...])``."""
+    """Mark a method as a state: ``@state``, ``@state(initial=True)``, ``@state(to=[...])``.
+
+    ``@state(timeout=timedelta(minutes=10), on_timeout="nudge")``: when a chat stays in this
+    state that long (no message since the turn that left it here), ``nudge``'s step runs with
+    ``turn.text`` None and ``turn.timed_out`` True. ``on_timeout`` is checked at class
+    definition like any target. Timeouts are fired by the message pipeline's workers; direct
+    ``handle_message`` calls do not arm them.
+    """
     if isinstance(to, str):
         raise TypeError("@state(to=...) takes a list of state names, not a single str")
-    marker = _Marker(initial, final, None if to is None else frozenset(to))
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    marker = _Marker(initial, final, None if to is None else frozenset(to), seconds, on_timeout)
 
     def mark(fn: F) -> F:
         setattr(fn, _MARKER, marker)
@@ -190,10 +224,16 @@ class Conversation(Generic[C]):
         self.orchestrator = ChatOrchestrator(
             state_manager, sender, cls.initial_state, state_aliases=cls.renamed_states
         )
+        timeouts = _timeouts(cls)
         for name, spec in cls.flow.states.items():
             targets = {name} if spec.final else spec.targets
+            if name in timeouts:  # the step itself may go only where it declared
+                declared = timeouts[name][2]
+                targets = {name} if spec.final else declared
             step = _make_step(name, getattr(self, name), cls._schema)
             self.orchestrator.add_typed_step(name, step, to=targets)
+        for name, (seconds, target, _) in timeouts.items():
+            self.orchestrator.set_timeout(name, seconds, target)
 
     def handle_message(self, chat_id: str, user_input: str | None) -> str:
         """Run one turn; returns the chat's new state."""
@@ -231,7 +271,8 @@ class Conversation(Generic[C]):
         if record is None:
             return None
         state_id = type(self)._current_state(record.state_id)
-        return typing.cast("C", self._schema.load(record.context, chat_id, state_id))
+        context, _ = split(chat_id, record.context)
+        return typing.cast("C", self._schema.load(context, chat_id, state_id))
 
     @classmethod
     def _current_state(cls, stored: str) -> str:
@@ -260,11 +301,13 @@ class Conversation(Generic[C]):
                 chat_id=chat_id,
                 state_id=record.state_id,
             )
-        found = schema.stored_version(record.context, chat_id, state_id)
+        stored, section = split(chat_id, record.context)
+        found = schema.stored_version(stored, chat_id, state_id)
         if found == schema.version and state_id == record.state_id:
             return None
-        context = schema.load(record.context, chat_id, state_id)
-        return StateUpdate(state_id, *schema.dump(context, chat_id, state_id))
+        context = schema.load(stored, chat_id, state_id)
+        update = StateUpdate(state_id, *schema.dump(context, chat_id, state_id))
+        return merge(update, section, chat_id)  # pending replies and timers survive it
 
     @classmethod
     def mermaid(cls) -> str:
@@ -408,10 +451,39 @@ def _collect_states(
                 continue
             _check_signature(name, value, problems)
             _check_turn_type(name, value, context_type, problems)
-            specs[name] = StateSpec(
-                _targets(name, value, marker, problems), marker.initial, marker.final
-            )
+            targets = _targets(name, value, marker, problems)
+            if marker.timeout is not None or marker.on_timeout is not None:
+                _check_timeout(name, marker, problems)
+                if targets is not None and marker.on_timeout is not None:
+                    # The timeout is a way out of the state: the graph checks see the edge.
+                    targets = targets | {marker.on_timeout}
+            specs[name] = StateSpec(targets, marker.initial, marker.final)
     return specs
+
+
+def _check_timeout(name: str, marker: _Marker, problems: list[str]) -> None:
+    seconds, target = marker.timeout, marker.on_timeout
+    if seconds is None or target is None:
+        problems.append(f"state {name!r}: timeout= and on_timeout= go together")
+        return
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        problems.append(f"state {name!r}: timeout must be a timedelta or seconds")
+    elif not math.isfinite(seconds) or seconds <= 0:
+        problems.append(f"state {name!r}: timeout must be positive, not {seconds!r}")
+    if not isinstance(target, str) or not target:
+        problems.append(f"state {name!r}: on_timeout must name a state")
+
+
+def _timeouts(cls: type[Conversation[Any]]) -> dict[str, tuple[float, str, frozenset[str] | None]]:
+    """Each state's (seconds, on_timeout state, targets declared without the timeout edge)."""
+    found: dict[str, tuple[float, str, frozenset[str] | None]] = {}
+    for name in cls.flow.states:
+        function = getattr(cls, name)
+        marker = getattr(function, _MARKER, None)
+        if isinstance(marker, _Marker) and marker.timeout is not None and marker.on_timeout:
+            declared = marker.to if marker.to is not None else _literal_targets(function)
+            found[name] = (float(marker.timeout), marker.on_timeout, declared)
+    return found
 
 
 def _check_signature(name: str, function: Callable[..., Any], problems: list[str]) -> None:

@@ -38,7 +38,12 @@ from urllib.parse import parse_qsl
 from chat_orchestrator._io import Op, run_async, run_sync
 from chat_orchestrator.channels.webhook_http import HttpReply, admit, read_body, reply_for_error
 from chat_orchestrator.channels.whatsapp_asgi import WhatsAppASGI
-from chat_orchestrator.channels.whatsapp_events import InboundMessage, StatusEvent, WebhookBatch
+from chat_orchestrator.channels.whatsapp_events import (
+    InboundMessage,
+    StatusEvent,
+    WebhookBatch,
+    parse_message,
+)
 from chat_orchestrator.channels.whatsapp_webhook import WhatsAppWebhook
 from chat_orchestrator.errors import (
     ChatOrchestratorError,
@@ -48,21 +53,58 @@ from chat_orchestrator.errors import (
     WebhookError,
 )
 from chat_orchestrator.orchestrator import ChatOrchestrator
+from chat_orchestrator.pipeline.events import Event
+from chat_orchestrator.pipeline.scope import current_event
+from chat_orchestrator.pipeline.store import PipelineStore
+from chat_orchestrator.pipeline.worker import pipeline_store_of
 from chat_orchestrator.state_managers.async_base import require_sync
 from chat_orchestrator.state_managers.base import validate_claim_ttl
 
-__all__ = ["TurnFailure", "WhatsAppBot", "claim_key", "inbound_message"]
+__all__ = ["CHANNEL", "TurnFailure", "WhatsAppBot", "claim_key", "inbound_message", "to_event"]
 
 log = logging.getLogger(__name__)
 SEVEN_DAYS = 7 * 24 * 3600.0
+#: ``Event.channel`` of WhatsApp messages.
+CHANNEL = "whatsapp"
 _current: contextvars.ContextVar[InboundMessage | None] = contextvars.ContextVar(
     "chat_orchestrator_whatsapp_inbound", default=None
 )
 
 
 def inbound_message() -> InboundMessage | None:
-    """The WhatsApp message being handled, inside a step (for a reply's title, media, ...)."""
-    return _current.get()
+    """The WhatsApp message being handled, inside a step (for a reply's title, media, ...).
+
+    In queue mode the worker rebuilds it from the stored event.
+    """
+    message = _current.get()
+    if message is not None:
+        return message
+    event = current_event()
+    if event is None or event.channel != CHANNEL or not isinstance(event.data.get("raw"), dict):
+        return None
+    data = event.data
+    names = {data.get("wa_id") or "": data["contact_name"]} if data.get("contact_name") else {}
+    return parse_message(data["raw"], data.get("phone_number_id"), names)
+
+
+def to_event(message: InboundMessage) -> Event:
+    """The inbox event of a WhatsApp message: its key is the message's once-only key."""
+    data: dict[str, Any] = {
+        "raw": message.raw,
+        "phone_number_id": message.phone_number_id,
+        "wa_id": message.wa_id,
+        "message_id": message.id,
+    }
+    if message.contact_name is not None:
+        data["contact_name"] = message.contact_name
+    return Event(
+        key=claim_key(message.phone_number_id, message.id),
+        chat_id=message.chat_id,
+        user_input=message.user_input,
+        kind=message.kind,
+        channel=CHANNEL,
+        data=data,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +162,11 @@ class _Report:
     status: StatusEvent
 
 
+@dataclass(frozen=True, slots=True)
+class _Enqueue:
+    events: list[Event]
+
+
 _RETRY_REPLY = (503, "message store unavailable, retry later")
 
 
@@ -141,6 +188,7 @@ class WhatsAppBot:
         phone_number_id: str | None = None,
         on_status: Callable[[StatusEvent], object] | None = None,
         keep_failures: int = 1000,
+        mode: str = "direct",
     ) -> None:
         self.orchestrator: ChatOrchestrator = (
             orchestrator
@@ -156,6 +204,11 @@ class WhatsAppBot:
         self._lock = threading.Lock()
         self.turns = 0
         self._asgi: WhatsAppASGI | None = None
+        if mode not in ("direct", "queue"):
+            raise ValueError(f"mode must be 'direct' or 'queue', not {mode!r}")
+        self.mode = mode
+        # The inbox, found (and refused, for a store that cannot hold it) when the bot is built.
+        self._inbox: PipelineStore | None = pipeline_store_of(self) if mode == "queue" else None
 
     # -- WSGI -------------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -247,6 +300,8 @@ class WhatsAppBot:
             (m for m in batch.messages if self._ours(m.phone_number_id)),
             key=lambda m: m.timestamp,
         )
+        if self._inbox is not None:
+            return (yield from self._enqueue_op(messages))
         for message in messages:
             key = claim_key(message.phone_number_id, message.id)
             claimed = yield from self._claim_op(key, message.id, message.chat_id)
@@ -255,6 +310,28 @@ class WhatsAppBot:
             if claimed and not (yield from self._turn_op(message, key)):
                 # The batch's later messages stay unclaimed: a chat's messages keep their order.
                 return _RETRY_REPLY
+        return 200, "OK"
+
+    def _enqueue_op(self, messages: list[InboundMessage]) -> Op[tuple[int, str]]:
+        """Queue mode: store each chat's messages, in order; 503 if the store cannot."""
+        by_chat: dict[str, list[Event]] = {}
+        for message in messages:
+            try:
+                event = to_event(message)
+                event.to_json()  # refused here, alone, rather than failing its chat's batch
+            except (ChatOrchestratorError, ValueError) as exc:
+                log.warning("skipped WhatsApp message %s: %s", message.id, exc)
+                self.failures.append(TurnFailure(message.id, message.chat_id, str(exc)))
+                continue
+            by_chat.setdefault(event.chat_id, []).append(event)
+        for events in by_chat.values():
+            try:
+                added = yield _Enqueue(events)
+            except Exception as exc:  # the store is down: Meta must redeliver, never lose it
+                log.error("cannot store WhatsApp messages (%s); asking Meta to retry", exc)
+                return _RETRY_REPLY
+            with self._lock:
+                self.turns += sum(1 for new in added if new)
         return 200, "OK"
 
     def _claim_op(self, key: str, message_id: str, chat_id: str = "") -> Op[bool | None]:
@@ -301,6 +378,9 @@ class WhatsAppBot:
 
     # -- the two drivers: the only place sync and async differ ------------------------------
     def _execute(self, command: object) -> object:
+        if type(command) is _Enqueue:
+            assert self._inbox is not None
+            return self._inbox.add(command.events, self.retention)
         if type(command) is _Claim:
             return require_sync(self.orchestrator.state_manager).claim(command.key, self.retention)
         if type(command) is _Release:
@@ -322,6 +402,9 @@ class WhatsAppBot:
 
     async def _execute_async(self, command: object) -> object:
         manager = self.orchestrator.state_manager
+        if type(command) is _Enqueue:
+            assert self._inbox is not None
+            return await self._inbox.add_async(command.events, self.retention)
         if type(command) is _Claim:
             return await manager.claim_async(command.key, self.retention)
         if type(command) is _Release:

@@ -27,6 +27,7 @@ __all__ = [
     "StatusEvent",
     "WebhookBatch",
     "WebhookErrorDetail",
+    "parse_message",
     "parse_payload",
 ]
 
@@ -230,6 +231,13 @@ def _errors(value: object) -> tuple[WebhookErrorDetail, ...]:
                 )
             )
     return tuple(out)
+
+
+def parse_message(
+    raw: dict[str, Any], phone_number_id: str | None, names: dict[str, str]
+) -> InboundMessage:
+    """One message object of a webhook (``value.messages[i]``), as the webhook parses it."""
+    return _message(raw, phone_number_id, names)
 
 
 def _message(

@@ -180,18 +180,18 @@ def _one_action(
             finished.append(key)
     section.done = [key for key in section.done if key in pending_keys]
 
-    # 1. Replies already committed go out first, in order.
-    if section.out:
+    # 1. Replies already committed go out first, in order. Their removal is stored by the
+    #    next write under this lease (the next turn's, or one of its own), so a backlog
+    #    costs one write per turn, not two; a crash before that write sends them again.
+    changed = False
+    while section.out:
         item = section.out[0]
-        ready_at = max(item.after, section.last_sent + settings.per_chat_interval)
-        if ready_at <= now:
-            yield from _deliver(
-                orchestrator, settings, lease, record, user_context, section, item, outcome
-            )
-            return None
-        later = ready_at
-    else:
-        later = None
+        if max(item.after, section.last_sent + settings.per_chat_interval) > now:
+            break
+        changed = True
+        if not (yield from _deliver(settings, chat_id, section, item, outcome)):
+            break  # a transient failure: this chat's later replies wait behind it
+        now = time.time()
 
     # 2. Due timers, earliest first.
     due = [timer for timer in section.timers.values() if timer.due <= now]
@@ -203,18 +203,30 @@ def _one_action(
 
     # 3. The oldest pending event the record has not consumed.
     event = next((e for e in events if e.key not in section.done and e.key not in finished), None)
+    gated = None
     if event is not None:
         fail = section.fail
         if fail is not None and fail.key == event.key and fail.after > now:
-            return _earliest(later, fail.after, section.next_due(now))
-        yield from _turn(
-            orchestrator, settings, lease, record, user_context, section, event, now, outcome
-        )
-        if event.key in section.done:
-            finished.append(event.key)
+            gated = fail.after
+        else:
+            yield from _turn(
+                orchestrator, settings, lease, record, user_context, section, event, now, outcome
+            )
+            if event.key in section.done:
+                finished.append(event.key)
+            return None
+    if changed:
+        yield Commit(lease, _rewrite(record, orchestrator, user_context, section, chat_id))
+        if gated is None and not section.out and not _due_now(section, time.time()):
+            nxt = section.next_due(time.time())
+            return _IDLE if nxt is None else nxt
         return None
-    nxt = _earliest(later, section.next_due(now))
+    nxt = _earliest(gated, section.next_due(now))
     return _IDLE if nxt is None else nxt
+
+
+def _due_now(section: Section, now: float) -> bool:
+    return any(timer.due <= now for timer in section.timers.values())
 
 
 def _earliest(*times: float | None) -> float | None:
@@ -236,44 +248,16 @@ def _rewrite(
 
 
 def _deliver(
-    orchestrator: ChatOrchestrator,
-    settings: WorkerSettings,
-    lease: Any,
-    record: StateRecord | None,
-    user_context: dict[str, Any],
-    section: Section,
-    item: OutItem,
-    outcome: Outcome,
-) -> Op[None]:
-    chat_id = lease.chat_id
-    assert record is not None  # only a record holds an outbox
+    settings: WorkerSettings, chat_id: str, section: Section, item: OutItem, outcome: Outcome
+) -> Op[bool]:
+    """Send the chat's first reply; True when it left the outbox (sent, or given up on)."""
     try:
         yield Send(item)
     except Exception as exc:
         verdict = classify(exc, item.tries + 1, settings.send_backoff, settings.max_send_backoff)
         item.tries += 1
-        item.error = verdict.error
-        if verdict.permanent or item.tries >= settings.max_send_tries:
-            # Given up: the message becomes a dead letter an operator can see and resend.
-            log.error(
-                "message %d to chat %s failed for good after %d tries: %s",
-                item.n,
-                describe_chat_id(item.chat_id),
-                item.tries,
-                verdict.error,
-            )
-            letter = DeadLetter(
-                f"send:{chat_id}:{item.n}:{int(time.time() * 1000)}",
-                chat_id,
-                "send",
-                _item_json(item),
-                verdict.error,
-                time.time(),
-            )
-            yield Park(letter)
-            section.out.pop(0)
-            outcome.parked += 1
-        else:
+        item.error = verdict.error[:2000]
+        if not verdict.permanent and item.tries < settings.max_send_tries:
             item.after = time.time() + verdict.delay
             log.warning(
                 "message %d to chat %s not sent (try %d), retrying in %.1f s: %s",
@@ -283,14 +267,32 @@ def _deliver(
                 verdict.delay,
                 verdict.error,
             )
-        yield Commit(lease, _rewrite(record, orchestrator, user_context, section, chat_id))
-        return
-    # Sent. The crash window: dying before this write sends the message again (documented).
+            return False
+        # Given up: the message becomes a dead letter an operator can see and resend.
+        log.error(
+            "message %d to chat %s failed for good after %d tries: %s",
+            item.n,
+            describe_chat_id(item.chat_id),
+            item.tries,
+            verdict.error,
+        )
+        letter = DeadLetter(
+            f"send:{chat_id}:{item.n}",  # stable: a crash before the record write re-parks it
+            chat_id,
+            "send",
+            _item_json(item),
+            verdict.error[:2000],
+            time.time(),
+        )
+        yield Park(letter)
+        section.out.pop(0)
+        outcome.parked += 1
+        return True
     section.out.pop(0)
     if settings.per_chat_interval:
         section.last_sent = time.time()
     outcome.sent += 1
-    yield Commit(lease, _rewrite(record, orchestrator, user_context, section, chat_id))
+    return True
 
 
 def _item_json(item: OutItem) -> str:

@@ -115,7 +115,12 @@ class Section:
     last_sent: float = 0.0
 
     def is_empty(self) -> bool:
-        return not (self.done or self.out or self.timers or self.fail) and not self.last_sent
+        # next_n counts on across empty outboxes: a message's number names it for good.
+        return (
+            not (self.done or self.out or self.timers or self.fail)
+            and not self.last_sent
+            and self.next_n == 1
+        )
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {}

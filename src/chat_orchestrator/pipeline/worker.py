@@ -128,8 +128,9 @@ class Worker:
 
     ``sender`` is what delivers the outbox (default: the orchestrator's own sender, made
     single-try with its ``without_retries()`` when it has one: the outbox retries itself).
-    Settings are :class:`WorkerSettings` fields, as keywords; a sender that declares
-    ``pacing`` (per-chat interval, messages per second) sets their defaults.
+    ``settings`` (a :class:`WorkerSettings`) or its fields as keywords (which win) set how it
+    retries and paces; a sender that declares ``pacing`` (per-chat interval, messages per
+    second) sets the defaults of those two.
     """
 
     def __init__(
@@ -139,7 +140,8 @@ class Worker:
         store: PipelineStore | None = None,
         sender: AnySender | None = None,
         name: str | None = None,
-        **settings: Any,
+        settings: WorkerSettings | None = None,
+        **overrides: Any,
     ) -> None:
         self.orchestrator = orchestrator_of(app)
         self.store = store if store is not None else pipeline_store_of(app)
@@ -148,14 +150,14 @@ class Worker:
         single = getattr(chosen, "without_retries", None)
         self.sender: AnySender = single() if callable(single) else chosen
         pacing = getattr(chosen, "pacing", None)
-        defaults = WorkerSettings()
-        if pacing is not None:
+        defaults = settings if settings is not None else WorkerSettings()
+        if pacing is not None and settings is None:
             defaults = replace(
                 defaults,
                 per_chat_interval=float(getattr(pacing, "per_chat_interval", 0.0)),
                 rate=getattr(pacing, "per_second", defaults.rate),
             )
-        self.settings = replace(defaults, **settings)
+        self.settings = replace(defaults, **overrides)
         self.limiter = RateLimiter(self.settings.rate)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.outcome = Outcome()
