@@ -45,12 +45,6 @@ log = logging.getLogger("chat_orchestrator.pipeline.worker")
 
 # -- commands -------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class Pending:
-    chat_id: str
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
 class Begin:
     chat_id: str
 
@@ -82,12 +76,6 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
-class Finish:
-    chat_id: str
-    keys: list[str]
-
-
-@dataclass(frozen=True, slots=True)
 class Park:
     letter: DeadLetter
 
@@ -99,8 +87,20 @@ class Renew:
 
 @dataclass(frozen=True, slots=True)
 class Release:
+    """Mark ``keys`` done in the inbox and end the work lease (one command: stores fuse it)."""
+
     taken: Taken
+    keys: list[str]
     next_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """Store a delivery's bookkeeping (no step ran) conditionally on ``expected``."""
+
+    chat_id: str
+    update: StateUpdate
+    expected: int
 
 
 @dataclass(slots=True)
@@ -114,15 +114,21 @@ class Outcome:
 
 
 # -- the pass -------------------------------------------------------------------------------
-def chat_op(orchestrator: ChatOrchestrator, settings: WorkerSettings, taken: Taken) -> Op[Outcome]:
-    """Work on ``taken``'s chat until it has nothing ready, or the pass's budget is spent."""
+def chat_op(
+    orchestrator: ChatOrchestrator,
+    settings: WorkerSettings,
+    taken: Taken,
+    events: list[Event],
+    fast_mark: bool = False,
+) -> Op[Outcome]:
+    """Work on ``taken``'s chat (``events``: its oldest pending ones, read when it was taken)
+    until it has nothing ready, or the pass's budget is spent."""
     chat_id = taken.chat_id
     outcome = Outcome()
     finished: list[str] = []
     next_at: float | None = None
     started = time.monotonic()
     try:
-        events: list[Event] = yield Pending(chat_id, settings.batch)
         pending_keys = {event.key for event in events}
         for _ in range(settings.budget):
             if time.monotonic() - started > settings.lease / 3:
@@ -131,8 +137,9 @@ def chat_op(orchestrator: ChatOrchestrator, settings: WorkerSettings, taken: Tak
             lease = yield Begin(chat_id)
             try:
                 action = yield from _one_action(
-                    orchestrator, settings, lease, events, pending_keys, finished, outcome
-                )
+                    orchestrator, settings, lease, events, pending_keys, finished, outcome,
+                    fast_mark,
+                )  # fmt: skip
             except BaseException:
                 yield Close(lease)
                 raise
@@ -147,9 +154,7 @@ def chat_op(orchestrator: ChatOrchestrator, settings: WorkerSettings, taken: Tak
         level = logging.ERROR if isinstance(exc, CorruptStateError) else logging.WARNING
         log.log(level, "chat %s deferred: %s", describe_chat_id(chat_id), exc)
         next_at = time.time() + (60.0 if isinstance(exc, CorruptStateError) else settings.retry)
-    if finished:
-        yield Finish(chat_id, finished)
-    yield Release(taken, next_at)
+    yield Release(taken, finished, next_at)
     return outcome
 
 
@@ -164,8 +169,13 @@ def _one_action(
     pending_keys: set[str],
     finished: list[str],
     outcome: Outcome,
+    fast_mark: bool = False,
 ) -> Op[float | None]:
-    """Do the chat's next thing under ``lease``; None: done one, go on; else when to return."""
+    """Do the chat's next thing under ``lease``; None: done one, go on; else when to return.
+
+    ``fast_mark``: the manager's ``compare_and_set`` is one atomic conditional write, so the
+    replies of the chat's last turn are sent at once and marked sent by it (no new lease).
+    """
     record: StateRecord | None = lease.record
     chat_id = lease.chat_id
     now = time.time()
@@ -209,12 +219,17 @@ def _one_action(
         if fail is not None and fail.key == event.key and fail.after > now:
             gated = fail.after
         else:
-            yield from _turn(
+            committed = yield from _turn(
                 orchestrator, settings, lease, record, user_context, section, event, now, outcome
             )
             if event.key in section.done:
                 finished.append(event.key)
-            return None
+            more = any(e.key not in section.done and e.key not in finished for e in events)
+            if committed is None or not fast_mark or more or not section.out:
+                return None  # the next lease sends the replies (with the next turn's write)
+            if _due_now(section, time.time()):
+                return None
+            return (yield from _send_committed(settings, chat_id, section, committed, outcome))
     if changed:
         yield Commit(lease, _rewrite(record, orchestrator, user_context, section, chat_id))
         if gated is None and not section.out and not _due_now(section, time.time()):
@@ -222,6 +237,34 @@ def _one_action(
             return _IDLE if nxt is None else nxt
         return None
     nxt = _earliest(gated, section.next_due(now))
+    return _IDLE if nxt is None else nxt
+
+
+def _send_committed(
+    settings: WorkerSettings,
+    chat_id: str,
+    section: Section,
+    committed: tuple[int, StateUpdate],
+    outcome: Outcome,
+) -> Op[float | None]:
+    """Deliver the replies the turn just committed, then mark them with one conditional
+    write on the version that commit made. Returns when to look at the chat again."""
+    version, update = committed
+    changed = False
+    now = time.time()
+    while section.out:
+        item = section.out[0]
+        if max(item.after, section.last_sent + settings.per_chat_interval) > now:
+            break
+        changed = True
+        if not (yield from _deliver(settings, chat_id, section, item, outcome)):
+            break
+        now = time.time()
+    if changed:
+        yield Mark(chat_id, merge(update, section, chat_id), version)
+    if section.out and section.out[0].after <= time.time():
+        return None
+    nxt = section.next_due(time.time())
     return _IDLE if nxt is None else nxt
 
 
@@ -358,7 +401,9 @@ def _turn(
     *,
     state: str | None = None,
     is_timer: bool = False,
-) -> Op[None]:
+) -> Op[tuple[int, StateUpdate] | None]:
+    """Run ``event``'s turn; (new version, the step's update) when it committed with a
+    version to build on (None: failed, or the manager reports no version)."""
     chat_id = lease.chat_id
     scope = TurnScope(event, now)
     try:
@@ -384,11 +429,11 @@ def _turn(
                 str(exc),
                 outcome,
             )
-            return
+            return None
         yield from _failed(
             settings, lease, record, orchestrator, user_context, section, event, exc, outcome
         )
-        return
+        return None
     # Success: one write holds the new state, the event consumed, the replies, the timers.
     if not is_timer:
         section.done.append(event.key)
@@ -398,8 +443,9 @@ def _turn(
         section.out.append(OutItem(section.next_n, chat, text, options))
         section.next_n += 1
     _apply_timers(orchestrator, section, scope, update.state_id)
-    yield Commit(lease, merge(update, section, chat_id))
+    version = yield Commit(lease, merge(update, section, chat_id))
     outcome.turns += 1
+    return None if version is None else (version, update)
 
 
 def _apply_timers(

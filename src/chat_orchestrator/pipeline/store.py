@@ -154,6 +154,29 @@ class PipelineStore(ABC):
     def _drop_dead_op(self, letter_id: str) -> Op[bool]:
         """Forget a dead letter; False if there was none."""
 
+    # -- composed operations: a store may fuse each into one round trip ------------------
+    def _take_pending_op(
+        self, now: int, lease_ms: int, owner: str, limit: int
+    ) -> Op[tuple[str, int, list[str]] | None]:
+        """``take``, then the taken chat's ``pending`` (a worker's first two steps)."""
+        got = yield from self._take_op(now, lease_ms, owner)
+        if got is None:
+            return None
+        events = yield from self._pending_op(got[0], limit)
+        return got[0], got[1], events
+
+    def _finish_release_op(
+        self, chat_id: str, keys: Sequence[str], owner: str, stamp: int, next_at: int | None
+    ) -> Op[None]:
+        """``finish`` (if any keys), then ``release`` (a worker's last two steps).
+
+        Finish first: a crash between them leaves the lease to expire, never a done event
+        looking pending to the next worker (which would only skip it, by the record).
+        """
+        if keys:
+            yield from self._finish_op(chat_id, keys)
+        yield from self._release_op(chat_id, owner, stamp, next_at)
+
     # -- I/O --------------------------------------------------------------------------------
     @abstractmethod
     def _execute(self, command: Any) -> Any: ...
@@ -229,6 +252,38 @@ class PipelineStore(ABC):
     async def take_async(self, owner: str, lease: float) -> Taken | None:
         got = await self._run_async(self._take_op(now_ms(), int(lease * 1000), owner))
         return None if got is None else Taken(got[0], owner, got[1])
+
+    def take_pending(
+        self, owner: str, lease: float, limit: int = 20
+    ) -> tuple[Taken, list[Event]] | None:
+        """Take a ready chat and read its oldest pending events, in as few round trips as the
+        store can."""
+        got = self._run(self._take_pending_op(now_ms(), int(lease * 1000), owner, limit))
+        if got is None:
+            return None
+        return Taken(got[0], owner, got[1]), [Event.from_json(text) for text in got[2]]
+
+    async def take_pending_async(
+        self, owner: str, lease: float, limit: int = 20
+    ) -> tuple[Taken, list[Event]] | None:
+        op = self._take_pending_op(now_ms(), int(lease * 1000), owner, limit)
+        got = await self._run_async(op)
+        if got is None:
+            return None
+        return Taken(got[0], owner, got[1]), [Event.from_json(text) for text in got[2]]
+
+    def finish_release(self, taken: Taken, keys: Sequence[str], next_at: float | None) -> None:
+        """Mark ``keys`` done and end the lease (see :meth:`release`)."""
+        at = None if next_at is None else int(next_at * 1000)
+        op = self._finish_release_op(taken.chat_id, list(keys), taken.owner, taken.stamp, at)
+        self._run(op)
+
+    async def finish_release_async(
+        self, taken: Taken, keys: Sequence[str], next_at: float | None
+    ) -> None:
+        at = None if next_at is None else int(next_at * 1000)
+        op = self._finish_release_op(taken.chat_id, list(keys), taken.owner, taken.stamp, at)
+        await self._run_async(op)
 
     def renew(self, taken: Taken, lease: float) -> bool:
         return self._run(self._renew_op(taken.chat_id, taken.owner, now_ms() + int(lease * 1000)))

@@ -34,10 +34,9 @@ from chat_orchestrator.pipeline._chat_op import (
     Begin,
     Close,
     Commit,
-    Finish,
+    Mark,
     Outcome,
     Park,
-    Pending,
     Release,
     Renew,
     RunStep,
@@ -48,6 +47,7 @@ from chat_orchestrator.pipeline.outbox import AsyncOutboxSender, OutboxSender, R
 from chat_orchestrator.pipeline.scope import open_scope
 from chat_orchestrator.pipeline.store import PipelineStore
 from chat_orchestrator.senders._views import AnySender, as_async, as_sync
+from chat_orchestrator.state_managers._leased import LeasedStateManager
 from chat_orchestrator.state_managers.async_base import require_sync
 from chat_orchestrator.state_managers.base import StateManager
 
@@ -146,6 +146,9 @@ class Worker:
         self.orchestrator = orchestrator_of(app)
         self.store = store if store is not None else pipeline_store_of(app)
         self.manager = require_sync(self.orchestrator.state_manager)
+        # Leased stores write conditionally in one atomic operation, without their lease: a
+        # delivery's bookkeeping then needs no lease of its own (one round trip, not two).
+        self._fast_mark = isinstance(self.manager, LeasedStateManager)
         chosen: AnySender = sender if sender is not None else self.orchestrator.sender
         single = getattr(chosen, "without_retries", None)
         self.sender: AnySender = single() if callable(single) else chosen
@@ -179,10 +182,11 @@ class Worker:
     # -- sync -------------------------------------------------------------------------------
     def run_once(self) -> bool:
         """Work on one ready chat, if there is one; False when none was ready."""
-        taken = self.store.take(self._owner(), self.settings.lease)
-        if taken is None:
+        got = self.store.take_pending(self._owner(), self.settings.lease, self.settings.batch)
+        if got is None:
             return False
-        self._add(run_sync(chat_op(self.orchestrator, self.settings, taken), self._execute))
+        op = chat_op(self.orchestrator, self.settings, *got, self._fast_mark)
+        self._add(run_sync(op, self._execute))
         return True
 
     def drain(self, max_passes: int = 1_000_000) -> Outcome:
@@ -248,18 +252,24 @@ class Worker:
             return self.manager.begin_turn(command.chat_id)
         if isinstance(command, Commit):
             command.lease.commit(command.update)
-        elif isinstance(command, Close):
+            return getattr(command.lease, "committed", None)
+        if isinstance(command, Mark):
+            update = command.update
+            return self.manager.compare_and_set(
+                command.chat_id,
+                update.state_id,
+                update.context,
+                expected_version=command.expected,
+                encoded=update.context_json,
+            )
+        if isinstance(command, Close):
             command.lease.close()
-        elif isinstance(command, Pending):
-            return store.pending(command.chat_id, command.limit)
-        elif isinstance(command, Finish):
-            store.finish(command.chat_id, command.keys)
         elif isinstance(command, Park):
             store.park(command.letter)
         elif isinstance(command, Renew):
             return store.renew(command.taken, self.settings.lease)
         elif isinstance(command, Release):
-            store.release(command.taken, command.next_at)
+            store.finish_release(command.taken, command.keys, command.next_at)
         else:
             raise TypeError(f"unknown command {command!r}")
         return None
@@ -280,10 +290,13 @@ class Worker:
 
     # -- async ------------------------------------------------------------------------------
     async def run_once_async(self) -> bool:
-        taken = await self.store.take_async(self._owner_async(), self.settings.lease)
-        if taken is None:
+        settings = self.settings
+        got = await self.store.take_pending_async(
+            self._owner_async(), settings.lease, settings.batch
+        )
+        if got is None:
             return False
-        op = chat_op(self.orchestrator, self.settings, taken)
+        op = chat_op(self.orchestrator, settings, *got, self._fast_mark)
         self._add(await run_async(op, self._execute_async))
         return True
 
@@ -336,18 +349,24 @@ class Worker:
             return await self.orchestrator.state_manager.begin_turn_async(command.chat_id)
         if isinstance(command, Commit):
             await command.lease.commit(command.update)
-        elif isinstance(command, Close):
+            return getattr(command.lease, "committed", None)
+        if isinstance(command, Mark):
+            update = command.update
+            return await self.orchestrator.state_manager.compare_and_set_async(  # type: ignore[union-attr]
+                command.chat_id,
+                update.state_id,
+                update.context,
+                expected_version=command.expected,
+                encoded=update.context_json,
+            )
+        if isinstance(command, Close):
             await command.lease.close()
-        elif isinstance(command, Pending):
-            return await store.pending_async(command.chat_id, command.limit)
-        elif isinstance(command, Finish):
-            await store.finish_async(command.chat_id, command.keys)
         elif isinstance(command, Park):
             await store.park_async(command.letter)
         elif isinstance(command, Renew):
             return await store.renew_async(command.taken, self.settings.lease)
         elif isinstance(command, Release):
-            await store.release_async(command.taken, command.next_at)
+            await store.finish_release_async(command.taken, command.keys, command.next_at)
         else:
             raise TypeError(f"unknown command {command!r}")
         return None

@@ -448,6 +448,9 @@ class _Lease:
     _token: str | None
     chat_id: str
     record: StateRecord | None
+    #: The record's version after this turn's commit (None before it): the message
+    #: pipeline's next conditional write on the chat expects it.
+    committed: int | None
 
     def _hold(self) -> None:
         assert self._token is not None
@@ -465,6 +468,7 @@ class _Lease:
             self.chat_id, token, expected, update.state_id, update.context_json
         )
         self._token = None  # the write dropped the lease
+        self.committed = version
         renewer.drop(token)
         return version
 
@@ -478,13 +482,14 @@ class _Lease:
 class _LeasedTurn(_Lease, TurnLease):
     """Lease + load in one round trip; conditional write + release in another."""
 
-    __slots__ = ("_leased", "_token")
+    __slots__ = ("_leased", "_token", "committed")
 
     def __init__(
         self, manager: LeasedStateManager, chat_id: str, token: str, record: StateRecord | None
     ) -> None:
         self._manager = self._leased = manager
         self.chat_id, self._token, self.record = chat_id, token, record
+        self.committed = None
         self._held = None
         self._hold()
 
@@ -498,13 +503,14 @@ class _LeasedTurn(_Lease, TurnLease):
 
 
 class _AsyncLeasedTurn(_Lease, AsyncTurnLease):
-    __slots__ = ("_leased", "_token")
+    __slots__ = ("_leased", "_token", "committed")
 
     def __init__(
         self, manager: LeasedStateManager, chat_id: str, token: str, record: StateRecord | None
     ) -> None:
         self._leased = manager
         self.chat_id, self._token, self.record = chat_id, token, record
+        self.committed = None
         self._hold()
 
     async def commit(self, update: StateUpdate) -> None:
