@@ -159,18 +159,24 @@ def direct_process(port: int, prefix: str, chats: list[str], per_chat: int, out:
 
 def worker_process(port: int, prefix: str, total: int, out: Any) -> None:
     manager = RedisStateManager(port=port, key_prefix=prefix)
-    worker = Worker(counter_bot(manager), rate=None, poll=0.005)
+    worker = Worker(counter_bot(manager), rate=None, poll=0.02)
     stop = threading.Event()
     out.get()
     client = redis.Redis(port=port)
 
-    def watch() -> None:
+    def report() -> None:
+        # Each process adds its finished turns to one counter: the clock stops at ``total``.
+        told = 0
         while not stop.is_set():
-            if int(client.get(f"{prefix}bench:done") or 0) >= total:
+            turns = worker.outcome.turns
+            if turns != told:
+                client.incrby(f"{prefix}bench:turns", turns - told)
+                told = turns
+            if client.get(f"{prefix}bench:stop"):
                 stop.set()
             time.sleep(0.01)
 
-    threading.Thread(target=watch, daemon=True).start()
+    threading.Thread(target=report, daemon=True).start()
     worker.run(stop, threads=2)
 
 
@@ -228,10 +234,11 @@ def bench_throughput(port: int, quick: bool) -> None:
         gate,
     )
     started = time.perf_counter()
-    while count_done(port, "q-", chats) < total:
-        time.sleep(0.05)
+    while int(client.get("q-bench:turns") or 0) < total:
+        time.sleep(0.005)
     queued = total / (time.perf_counter() - started)
-    client.set("q-bench:done", total)
+    client.set("q-bench:stop", 1)
+    assert count_done(port, "q-", chats) == total
     for proc in procs:
         proc.join(10)
         if proc.is_alive():
