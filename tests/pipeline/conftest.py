@@ -16,7 +16,7 @@ from chat_orchestrator.state_managers.base import StateManager
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 from tests.conftest import _unique, mongo_uri
 
-PIPELINE_BACKENDS = ["memory", "sqlite"]
+PIPELINE_BACKENDS = ["memory", "sqlite", "mongo"]
 
 PipeFactory = Callable[[], StateManager]
 
