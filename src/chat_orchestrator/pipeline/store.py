@@ -330,6 +330,18 @@ class PipelineStore(ABC):
     async def drop_dead_async(self, letter_id: str) -> bool:
         return await self._run_async(self._drop_dead_op(letter_id))
 
+    def wait(self, timeout: float) -> None:
+        """An idle worker waits here for news, at most ``timeout`` seconds.
+
+        The default sleeps (the worker polls); a store that can be told of new work (memory's
+        condition, PostgreSQL's LISTEN/NOTIFY) returns as soon as there is some.
+        """
+        time.sleep(timeout)
+
+    async def wait_async(self, timeout: float) -> None:
+        """:meth:`wait` on the running event loop."""
+        await asyncio.sleep(timeout)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the store holds of its own (most share the state manager's client)."""
 

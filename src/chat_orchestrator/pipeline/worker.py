@@ -213,7 +213,6 @@ class Worker:
             thread.join()
 
     def _loop(self, stop: threading.Event) -> None:
-        wait = getattr(self.store, "wait", None)
         while not stop.is_set():
             try:
                 busy = self.run_once()
@@ -222,10 +221,7 @@ class Worker:
                 stop.wait(self.settings.retry)
                 continue
             if not busy:
-                if callable(wait):
-                    wait(self._idle_sleep())
-                else:
-                    stop.wait(self._idle_sleep())
+                self.store.wait(self._idle_sleep())
 
     def _idle_sleep(self) -> float:
         return self.settings.poll
@@ -325,7 +321,7 @@ class Worker:
                 await _wait(stop, self.settings.retry)
                 continue
             if not busy:
-                await _wait(stop, self._idle_sleep())
+                await self.store.wait_async(self._idle_sleep())
 
     async def _execute_async(self, command: object) -> object:
         if isinstance(command, RunStep):
