@@ -328,3 +328,34 @@ def test_timers_outside_a_worker_are_a_clear_error(pipe_manager: StateManager) -
         bot.handle_message("c1", "remind")
     assert isinstance(caught.value.__cause__, PipelineError)
     assert pipe_manager.load("c1") is None
+
+
+def test_a_step_longer_than_the_work_lease_keeps_its_chat(pipe_manager: StateManager) -> None:
+    started = threading.Event()
+    bot = ChatOrchestrator(pipe_manager, RecordingSender())
+
+    @bot.register_step("start")
+    def start(
+        chat_id: str, text: str | None, context: dict[str, Any], sender: MessageSender
+    ) -> tuple[str, dict[str, Any]]:
+        started.set()
+        time.sleep(1.0)  # three leases long: the worker's renewer must keep the chat
+        return "start", {"n": context.get("n", 0) + 1}
+
+    store = pipe_manager.pipeline_store()
+    store.add(msgs("c1", "slow"))
+    worker = Worker(bot, lease=0.3)
+    runner = threading.Thread(target=worker.drain)
+    runner.start()
+    assert started.wait(5)
+    stolen = []
+    while runner.is_alive():
+        taken = store.take("intruder", 0.3)
+        if taken is not None:
+            stolen.append(taken)
+        time.sleep(0.05)
+    runner.join()
+    assert stolen == []
+    record = pipe_manager.load("c1")
+    assert record is not None
+    assert record.context["n"] == 1

@@ -127,13 +127,9 @@ def chat_op(
     outcome = Outcome()
     finished: list[str] = []
     next_at: float | None = None
-    started = time.monotonic()
     try:
         pending_keys = {event.key for event in events}
         for _ in range(settings.budget):
-            if time.monotonic() - started > settings.lease / 3:
-                yield Renew(taken)
-                started = time.monotonic()
             lease = yield Begin(chat_id)
             try:
                 action = yield from _one_action(

@@ -20,6 +20,8 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -28,6 +30,7 @@ from chat_orchestrator.errors import (
     ChatOrchestratorError,
     StateManagerError,
     StoreCapabilityError,
+    describe_chat_id,
 )
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.pipeline._chat_op import (
@@ -45,7 +48,7 @@ from chat_orchestrator.pipeline._chat_op import (
 )
 from chat_orchestrator.pipeline.outbox import AsyncOutboxSender, OutboxSender, RateLimiter
 from chat_orchestrator.pipeline.scope import open_scope
-from chat_orchestrator.pipeline.store import PipelineStore
+from chat_orchestrator.pipeline.store import PipelineStore, Taken
 from chat_orchestrator.senders._views import AnySender, as_async, as_sync
 from chat_orchestrator.state_managers._leased import LeasedStateManager
 from chat_orchestrator.state_managers.async_base import require_sync
@@ -60,9 +63,9 @@ log = logging.getLogger(__name__)
 class WorkerSettings:
     """How a worker paces, retries and gives up. Times in seconds."""
 
-    #: A worker holds a taken chat this long (renewed while it works); a crashed worker's
-    #: chats are taken again after it.
-    lease: float = 30.0
+    #: A worker holds a taken chat this long, renewed every third of it while it works (a
+    #: long step too); a killed worker's chats are taken again when it ends.
+    lease: float = 10.0
     #: Events read per pass, and actions (turns, sends) per pass before other chats go.
     batch: int = 20
     budget: int = 50
@@ -165,9 +168,45 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.outcome = Outcome()
         self._count_lock = threading.Lock()
+        self._held: dict[int, Taken] = {}
+        self._renewer: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"Worker(name={self.name!r}, store={self.store.name!r})"
+
+    # -- the work lease, renewed while a pass runs (a step may outlast it) -----------------
+    @contextmanager
+    def _holding(self, taken: Taken) -> Iterator[None]:
+        with self._count_lock:
+            self._held[id(taken)] = taken
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(
+                    target=self._renew_loop, name="pipeline-lease-renewer", daemon=True
+                )
+                self._renewer.start()
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self._held.pop(id(taken), None)
+
+    def _renew_loop(self) -> None:
+        period = self.settings.lease / 3
+        while True:
+            time.sleep(period)
+            with self._count_lock:
+                held = list(self._held.values())
+            for taken in held:
+                try:
+                    if not self.store.renew(taken, self.settings.lease):
+                        log.warning(
+                            "worker %s: the lease of chat %s was taken over by another worker "
+                            "(its writes are conditional: the late one fails, never wins)",
+                            self.name,
+                            describe_chat_id(taken.chat_id),
+                        )
+                except Exception as exc:  # the store is down: the next tick tries again
+                    log.warning("worker %s: cannot renew a lease: %s", self.name, exc)
 
     def _owner(self) -> str:
         return f"{self.name}:{threading.get_ident()}"
@@ -186,7 +225,8 @@ class Worker:
         if got is None:
             return False
         op = chat_op(self.orchestrator, self.settings, *got, self._fast_mark)
-        self._add(run_sync(op, self._execute))
+        with self._holding(got[0]):
+            self._add(run_sync(op, self._execute))
         return True
 
     def drain(self, max_passes: int = 1_000_000) -> Outcome:
@@ -293,7 +333,8 @@ class Worker:
         if got is None:
             return False
         op = chat_op(self.orchestrator, settings, *got, self._fast_mark)
-        self._add(await run_async(op, self._execute_async))
+        with self._holding(got[0]):
+            self._add(await run_async(op, self._execute_async))
         return True
 
     def _owner_async(self) -> str:
