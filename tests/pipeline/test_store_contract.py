@@ -194,3 +194,18 @@ def test_the_file_store_declines_naming_the_stores_that_can(tmp_path: object) ->
     manager = FileStateManager(state_dir=str(tmp_path))
     with pytest.raises(StoreCapabilityError, match=r"sqlite:.*redis:.*mongodb:"):
         manager.pipeline_store()
+
+
+def test_a_late_release_never_strands_the_new_holders_chat(store: PipelineStore) -> None:
+    store.add([ev("a", "c1")])
+    first = store.take("w1", 0.2)
+    assert first is not None
+    time.sleep(0.3)
+    second = store.take("w2", 0.3)  # w1's lease ended: w2 takes the chat over
+    assert second is not None
+    store.release(first, None)  # w1 comes back late, with an unchanged stamp
+    assert store.take("w3", 30) is None  # still w2's
+    time.sleep(0.4)  # w2 died without releasing: the chat must come back
+    third = store.take("w3", 30)
+    assert third is not None
+    assert third.chat_id == "c1"

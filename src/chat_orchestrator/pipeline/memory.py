@@ -167,9 +167,12 @@ class MemoryPipelineStore(BlockingPipelineStore):
             work = self._work.get(chat_id)
             if work is None:
                 return
+            # A late release (our lease ended, another worker took the chat) must not clear
+            # the new holder's ready_at: that is what brings the chat back if it dies.
+            mine = work.owner is None or work.owner == owner
             if work.owner == owner:
                 work.owner, work.until = None, 0
-            if work.stamp == stamp:
+            if work.stamp == stamp and mine:
                 self._set_ready(chat_id, work, next_at)
             elif next_at is not None:
                 current = work.ready_at

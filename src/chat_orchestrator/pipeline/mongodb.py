@@ -294,22 +294,22 @@ class MongoPipelineStore(PipelineStore):
         call = _call("pipe_work", "update_one", query, update)
         if (yield from self._do(what, chat_id, call)).matched_count:
             return
-        # 3. Not our lease any more (it ended and another worker took it), no news.
+        # 3. No lease any more (ours ended, nobody took it), no news: as in 1.
+        idle = {"_id": chat_id, "s": stamp, "o": None}
         if next_at is None:
-            idle = {"_id": chat_id, "s": stamp, "o": None}
             call = _call("pipe_work", "delete_one", idle)
             if (yield from self._do(what, chat_id, call)).deleted_count:
                 return
-            change: dict[str, Any] = {"$unset": {"r": ""}}
         else:
-            change = {"$set": {"r": next_at}}
-        call = _call("pipe_work", "update_one", {"_id": chat_id, "s": stamp, **theirs}, change)
-        if (yield from self._do(what, chat_id, call)).matched_count or next_at is None:
-            return
-        # 4. Neither: only an earlier next_at matters.
-        query = {"_id": chat_id, "s": {"$ne": stamp}, **theirs}
-        call = _call("pipe_work", "update_one", query, {"$min": {"r": next_at}})
-        yield from self._do(what, chat_id, call)
+            call = _call("pipe_work", "update_one", idle, {"$set": {"r": next_at}})
+            if (yield from self._do(what, chat_id, call)).matched_count:
+                return
+        # 4. Another worker took the chat when our lease ended: its ready_at (its lease's
+        #    end) stays, so the chat comes back if that worker dies; an earlier next_at only.
+        if next_at is not None:
+            call = _call("pipe_work", "update_one", {"_id": chat_id, **theirs},
+                         {"$min": {"r": next_at}})  # fmt: skip
+            yield from self._do(what, chat_id, call)
 
     def _next_ready_op(self) -> Op[int | None]:
         query = Find("pipe_work", {"r": {"$gte": _LOWEST}}, {"r": 1}, (("r", 1),), 1)

@@ -154,7 +154,7 @@ UPDATE pipe_work SET
     owner = CASE WHEN owner = ?2 THEN NULL ELSE owner END,
     until = CASE WHEN owner = ?2 THEN 0 ELSE until END,
     ready_at = CASE
-        WHEN stamp = ?3 THEN ?4
+        WHEN stamp = ?3 AND (owner = ?2 OR owner IS NULL) THEN ?4
         WHEN ?4 IS NULL THEN ready_at
         WHEN ready_at IS NULL THEN ?4
         ELSE min(ready_at, ?4)
