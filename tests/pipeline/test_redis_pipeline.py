@@ -269,3 +269,22 @@ def test_a_cluster_with_the_native_async_client(cluster_ports: list[int]) -> Non
     }
     assert inbox_nodes == set(cluster_ports)  # inboxes spread over every master
     client.close()
+
+
+def test_finish_and_release_are_one_round_trip_on_standalone_redis(
+    store: RedisPipelineStore, raw: redis.Redis
+) -> None:
+    store.add([Event("a", "c1", "x"), Event("b", "c1", "y")])
+    got = store.take_pending("w", 30)
+    assert got is not None
+    taken, events = got
+    raw.config_resetstat()
+    store.finish_release(taken, [events[0].key], time.time() - 1)
+    calls = {name: stats["calls"] for name, stats in raw.info("commandstats").items()}
+    assert calls.get("cmdstat_evalsha") == 1
+    assert [e.key for e in store.pending("c1")] == ["b"]
+    again = store.take("w2", 30)  # released with a due next_at: ready again
+    assert again is not None
+    store.finish_release(again, [], None)
+    assert store.next_ready() is None
+    assert [e.key for e in store.pending("c1")] == ["b"]  # no keys: nothing finished

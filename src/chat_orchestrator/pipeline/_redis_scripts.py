@@ -23,6 +23,7 @@ __all__ = [
     "DEAD",
     "DROP_DEAD",
     "FINISH",
+    "FINISH_RELEASE",
     "NEXT_READY",
     "PARK",
     "PARK_MOVE",
@@ -168,21 +169,35 @@ return 1
 )
 
 # KEYS: r, w. ARGV: chat, owner, stamp, next_at ('' = None).
-RELEASE = Script(
-    _ENTRY
-    + """
-local e = load(KEYS[2], ARGV[1])
-if e == nil then return 0 end
-if e.owner == ARGV[2] then e.owner, e.u = nil, 0 end
-local nxt = nil
-if ARGV[4] ~= '' then nxt = tonumber(ARGV[4]) end
-if e.stamp == tonumber(ARGV[3]) then
-  e.ready = nxt
-elseif nxt ~= nil and (e.ready == nil or nxt < e.ready) then
-  e.ready = nxt
+_RELEASE = """
+local function release(r, w, chat, owner, stamp, next_at)
+  local e = load(w, chat)
+  if e == nil then return 0 end
+  if e.owner == owner then e.owner, e.u = nil, 0 end
+  local nxt = nil
+  if next_at ~= '' then nxt = tonumber(next_at) end
+  if e.stamp == tonumber(stamp) then
+    e.ready = nxt
+  elseif nxt ~= nil and (e.ready == nil or nxt < e.ready) then
+    e.ready = nxt
+  end
+  save(r, w, chat, e)
+  return 1
 end
-save(KEYS[1], KEYS[2], ARGV[1], e)
-return 1
+"""
+RELEASE = Script(_ENTRY + _RELEASE + "return release(KEYS[1], KEYS[2], unpack(ARGV, 1, 4))")
+
+# Standalone Redis only (its keys span two cluster slots): FINISH then RELEASE in one round
+# trip. KEYS: q, b of the chat, r, w. ARGV: chat, owner, stamp, next_at, then event keys.
+FINISH_RELEASE = Script(
+    _ENTRY
+    + _RELEASE
+    + """
+for i = 5, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('HDEL', KEYS[2], ARGV[i])
+end
+return release(KEYS[3], KEYS[4], unpack(ARGV, 1, 4))
 """
 )
 

@@ -16,8 +16,10 @@ fields (binary safe), so NUL, braces, colons or emoji cannot collide or reach an
 
 Every operation is one Lua script (atomic on the server; on a cluster every script touches
 one slot), except ``add``: the append (per-chat slot) and the schedule (global slot) are two
-scripts, in that order. How each stays correct when workers race or a reply is lost (the
-manager's ``_command_op`` retries a lost reply once, so every script may run twice):
+scripts, in that order; ``finish_release`` is one script on standalone Redis (two, finish
+then release, on a cluster, where their keys live in two slots). How each stays correct
+when workers race or a reply is lost (the manager's ``_command_op`` retries a lost reply
+once, so every script may run twice):
 
 * ``add``: dedup and append are one script; a repeat finds its keys seen and appends nothing
   (it then reports them as not new). A lost schedule is repaired by Meta's redelivery, which
@@ -47,6 +49,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from redis.cluster import RedisCluster
 
 from chat_orchestrator._io import Op
 from chat_orchestrator.errors import PipelineError
@@ -91,6 +95,9 @@ class RedisPipelineStore(PipelineStore):
         base = f"{manager._prefix}{{pipeline}}:"
         self._ready, self._work, self._stamps = f"{base}r", f"{base}w", f"{base}n"
         self._dead, self._dead_order, self._dead_chat = f"{base}x", f"{base}xo", f"{base}xc:"
+        #: One server holds every key: finish + release may be one script (on a cluster the
+        #: inbox and the work index live in different slots, so they stay two).
+        self._one_node = not isinstance(manager._client, RedisCluster)
 
     def __repr__(self) -> str:
         return f"RedisPipelineStore({self._manager!r})"
@@ -170,6 +177,21 @@ class RedisPipelineStore(PipelineStore):
             "release the pipeline lease of", chat_id, lua.RELEASE, (self._ready, self._work),
             chat_id, owner, stamp, "" if next_at is None else next_at,
         )  # fmt: skip
+
+    def _finish_release_op(
+        self, chat_id: str, keys: Sequence[str], owner: str, stamp: int, next_at: int | None
+    ) -> Op[None]:
+        if not self._one_node:
+            return (yield from super()._finish_release_op(chat_id, keys, owner, stamp, next_at))
+        chat_id = validate_chat_id(chat_id)
+        checked = [validate_claim_key(key) for key in keys]
+        queue, bodies, _ = self._inbox_keys(chat_id)
+        yield from self._script(
+            "finish a turn of", chat_id, lua.FINISH_RELEASE,
+            (queue, bodies, self._ready, self._work),
+            chat_id, owner, stamp, "" if next_at is None else next_at, *checked,
+        )  # fmt: skip
+        return None
 
     def _next_ready_op(self) -> Op[int | None]:
         score = yield from self._script(
