@@ -37,6 +37,7 @@ from chat_orchestrator.errors import (
     StepError,
     StoreCapabilityError,
     StoreURLError,
+    TelegramAPIError,
     TransitionError,
     TurnError,
     UnknownStateError,
@@ -53,6 +54,7 @@ from chat_orchestrator.orchestrator import (
     TypedStepFunction,
 )
 from chat_orchestrator.senders import AsyncMessageSender, ConsoleMessageSender, MessageSender
+from chat_orchestrator.senders.base import Pacing
 from chat_orchestrator.state_managers import (
     AsyncStateManager,
     AsyncTurnLease,
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
     from chat_orchestrator.channels import (
         inbound_message as inbound_message,
     )
+    from chat_orchestrator.channels.events import ChannelEvent as ChannelEvent
     from chat_orchestrator.senders.whatsapp import WhatsAppSender as WhatsAppSender
     from chat_orchestrator.senders.whatsapp_async import (
         AsyncWhatsAppSender as AsyncWhatsAppSender,
@@ -118,6 +121,7 @@ __all__ = [
     "LockTimeoutError",
     "MessageSender",
     "MissingDependencyError",
+    "Pacing",
     "RecordStateManager",
     "RecordingSender",
     "SQLiteStateManager",
@@ -134,6 +138,7 @@ __all__ = [
     "StepResult",
     "StoreCapabilityError",
     "StoreURLError",
+    "TelegramAPIError",
     "TransitionError",
     "Turn",
     "TurnError",
@@ -151,6 +156,7 @@ __all__ = [
 
 #: Names loaded on first use (an optional driver, or modules most users never need).
 OPTIONAL = {
+    "ChannelEvent": "chat_orchestrator.channels.events",
     "MongoDBStateManager": "chat_orchestrator.state_managers.mongodb",
     "RedisStateManager": "chat_orchestrator.state_managers.redis",
     "WhatsAppBot": "chat_orchestrator.channels",
