@@ -230,6 +230,13 @@ class WhatsAppBot:
             self._asgi = WhatsAppASGI(self)
         return self._asgi
 
+    @property
+    def max_body_bytes(self) -> int:
+        return self.webhook.max_body_bytes
+
+    def __repr__(self) -> str:
+        return f"WhatsAppBot({self.webhook!r})"
+
     @staticmethod
     def _refused(exc: WebhookError) -> HttpReply:
         log.warning("webhook request refused (%d): %s", exc.status, exc)
