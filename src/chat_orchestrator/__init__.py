@@ -38,6 +38,7 @@ from chat_orchestrator.errors import (
     StepError,
     StoreCapabilityError,
     StoreURLError,
+    TelegramAPIError,
     TransitionError,
     TurnError,
     UnknownStateError,
@@ -54,6 +55,7 @@ from chat_orchestrator.orchestrator import (
     TypedStepFunction,
 )
 from chat_orchestrator.senders import AsyncMessageSender, ConsoleMessageSender, MessageSender
+from chat_orchestrator.senders.base import Pacing
 from chat_orchestrator.state_managers import (
     AsyncStateManager,
     AsyncTurnLease,
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
     from chat_orchestrator.channels import (
         inbound_message as inbound_message,
     )
+    from chat_orchestrator.channels.events import ChannelEvent as ChannelEvent
     from chat_orchestrator.pipeline.events import Event as Event
     from chat_orchestrator.pipeline.scope import cancel_timer as cancel_timer
     from chat_orchestrator.pipeline.scope import current_event as current_event
@@ -124,6 +127,7 @@ __all__ = [
     "LockTimeoutError",
     "MessageSender",
     "MissingDependencyError",
+    "Pacing",
     "PipelineError",
     "RecordStateManager",
     "RecordingSender",
@@ -141,6 +145,7 @@ __all__ = [
     "StepResult",
     "StoreCapabilityError",
     "StoreURLError",
+    "TelegramAPIError",
     "TransitionError",
     "Turn",
     "TurnError",
@@ -158,6 +163,7 @@ __all__ = [
 
 #: Names loaded on first use (an optional driver, or modules most users never need).
 OPTIONAL = {
+    "ChannelEvent": "chat_orchestrator.channels.events",
     "MongoDBStateManager": "chat_orchestrator.state_managers.mongodb",
     "RedisStateManager": "chat_orchestrator.state_managers.redis",
     "WhatsAppBot": "chat_orchestrator.channels",

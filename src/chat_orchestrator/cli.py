@@ -3,7 +3,9 @@
 ``chat-orchestrator run TARGET`` chats with a flow in the terminal;
 ``chat-orchestrator graph TARGET [-o FILE]`` prints (or writes) its Mermaid state diagram;
 ``chat-orchestrator chats list|show|set|reset|export|import --store URL`` are the operator
-tools (``_cli_chats``). ``run`` and ``chats`` take ``--store URL`` or ``$CHAT_STORE``.
+tools (``_cli_chats``); ``chat-orchestrator telegram poll TARGET`` and ``telegram webhook
+set URL | delete`` serve a TelegramBot (``_cli_telegram``). ``run`` and ``chats`` take
+``--store URL`` or ``$CHAT_STORE``.
 TARGET is ``path/to/file.py:name`` or ``package.module:name`` naming a ChatOrchestrator, a
 Conversation subclass or a Conversation instance; modules are found in the current directory
 first, as uvicorn and flask find theirs. Mistakes in the command line (a missing file or module,
@@ -32,6 +34,7 @@ from chat_orchestrator._cli_chats import (
     store_argument,
 )
 from chat_orchestrator._cli_pipeline import add_pipeline_commands
+from chat_orchestrator._cli_telegram import add_telegram_command
 from chat_orchestrator.conversation import Conversation
 from chat_orchestrator.errors import ChatOrchestratorError, InvalidChatIdError
 from chat_orchestrator.orchestrator import ChatOrchestrator
@@ -290,6 +293,7 @@ def _parser() -> argparse.ArgumentParser:
     store_argument(run)
     add_chats_command(commands)
     add_pipeline_commands(commands)
+    add_telegram_command(commands)
     graph = commands.add_parser("graph", help="print the flow's Mermaid state diagram")
     graph.add_argument("target", help="file.py:name or module:name")
     graph.add_argument("-o", "--output", metavar="FILE", help="write the diagram to FILE")

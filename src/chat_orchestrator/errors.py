@@ -28,7 +28,8 @@
      ├── SenderError                      a message could not be sent
      │    ├── InvalidMessageError (ValueError) refused before any HTTP (too long, 4 buttons...)
      │    ├── SenderTimeoutError               no answer in time: it may or may not have been sent
-     │    └── WhatsAppAPIError                 the Graph API answered with an error body
+     │    ├── WhatsAppAPIError                 the Graph API answered with an error body
+     │    └── TelegramAPIError                 the Bot API answered ``ok: false`` (or no JSON)
      ├── WebhookError                     an inbound request was refused; .status is the answer
      └── MissingDependencyError (ImportError)  an optional driver is not installed; names the extra
 
@@ -62,6 +63,7 @@ __all__ = [
     "StepError",
     "StoreCapabilityError",
     "StoreURLError",
+    "TelegramAPIError",
     "TransitionError",
     "TurnError",
     "UnknownStateError",
@@ -193,11 +195,28 @@ class ChatImportError(StateManagerError, ValueError):
 
 
 class SenderError(ChatOrchestratorError):
-    """A message sender failed to deliver a message to its channel."""
+    """A message sender failed to deliver a message to its channel.
+
+    Every sender error says what a delivery loop should do with it: ``permanent`` (a retry
+    only repeats the failure: a bad request, a blocked user) or transient (the default), and
+    ``retry_after``, the seconds the channel asked us to wait (a rate limit), if it said.
+    """
+
+    #: The class's default; an instance's own value is set by ``__init__``.
+    default_permanent: bool = False
+
+    def __init__(
+        self, *args: object, permanent: bool | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(*args)
+        self.permanent: bool = self.default_permanent if permanent is None else permanent
+        self.retry_after: float | None = retry_after
 
 
 class InvalidMessageError(SenderError, ValueError):
-    """The message breaks a channel limit; nothing was sent."""
+    """The message breaks a channel limit; nothing was sent (permanent: resending cannot help)."""
+
+    default_permanent = True
 
 
 class SenderTimeoutError(SenderError):
@@ -232,7 +251,47 @@ class WhatsAppAPIError(SenderError):
         self.is_transient = is_transient
         #: Whether a later retry may cure it (classified by ``code`` when it was built).
         self.retryable = retryable
-        super().__init__(message)
+        super().__init__(
+            message, permanent=not retryable, retry_after=_WHATSAPP_WAITS.get(code or -1)
+        )
+
+
+#: Seconds to wait for WhatsApp's rate-limit codes: 131056 (same pair too fast: Meta's 4^n
+#: backoff starts near 6 s in practice), 130429 (throughput), 131048 (spam rate limit) and
+#: 80007 (the account's rate limit, counted per hour: a minute before trying again).
+_WHATSAPP_WAITS = {131056: 6.0, 130429: 5.0, 131048: 60.0, 80007: 60.0}
+
+
+class TelegramAPIError(SenderError):
+    """The Telegram Bot API answered ``{"ok": false, "error_code", "description", ...}``.
+
+    ``error_code`` is the Bot API's (it mirrors the HTTP status). ``retry_after`` comes from
+    ``parameters.retry_after`` (429); ``migrate_to_chat_id`` from a group turned supergroup.
+    403 (the bot was blocked, kicked, or may not write first) and 400 are permanent; 429, 5xx
+    and answers that are not Bot API JSON are transient. The token never appears here.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int,
+        error_code: int | None,
+        description: str | None = None,
+        retry_after: float | None = None,
+        migrate_to_chat_id: int | None = None,
+        permanent: bool = False,
+    ) -> None:
+        self.http_status = http_status
+        self.error_code = error_code
+        self.description = description
+        self.migrate_to_chat_id = migrate_to_chat_id
+        super().__init__(message, permanent=permanent, retry_after=retry_after)
+
+    @property
+    def blocked(self) -> bool:
+        """403: the user blocked the bot (or it was removed from the group)."""
+        return self.error_code == 403
 
 
 class WebhookError(ChatOrchestratorError):

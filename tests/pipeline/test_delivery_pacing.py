@@ -92,10 +92,10 @@ def test_failures_are_classified_once() -> None:
     assert classify(transient, 3, 0.5, 60).delay == 2.0
     assert classify(transient, 30, 0.5, 60).delay == 60
     permanent = SenderError("blocked")
-    permanent.permanent = True  # type: ignore[attr-defined]
+    permanent.permanent = True
     assert classify(permanent, 1, 0.5, 60).permanent
     paced = SenderError("pair rate limit")
-    paced.retry_after = 6.0  # type: ignore[attr-defined]
+    paced.retry_after = 6.0
     assert classify(paced, 1, 0.5, 60).delay == 6.0
     assert not classify(RuntimeError("bug"), 1, 0.5, 60).permanent  # never dropped silently
 

@@ -170,7 +170,7 @@ class FlakySender(MessageSender):
         if self.failures > 0:
             self.failures -= 1
             error = SenderError("the channel is down")
-            error.permanent = self.permanent  # type: ignore[attr-defined]
+            error.permanent = self.permanent
             raise error
         return self.inner.send_message(chat_id, text, options)
 

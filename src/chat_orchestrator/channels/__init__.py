@@ -1,8 +1,10 @@
-"""Inbound channels: parsing and verifying what users send (WhatsApp webhooks)."""
+"""Inbound channels: parsing and verifying what users send (WhatsApp and Telegram webhooks)."""
 
+from chat_orchestrator.channels.events import ChannelEvent
 from chat_orchestrator.channels.whatsapp_app import (
     TurnFailure,
     WhatsAppBot,
+    channel_event,
     claim_key,
     inbound_message,
 )
@@ -21,6 +23,7 @@ from chat_orchestrator.channels.whatsapp_events import (
 from chat_orchestrator.channels.whatsapp_webhook import WhatsAppWebhook
 
 __all__ = [
+    "ChannelEvent",
     "InboundMessage",
     "Location",
     "Media",
@@ -33,6 +36,7 @@ __all__ = [
     "WhatsAppASGI",
     "WhatsAppBot",
     "WhatsAppWebhook",
+    "channel_event",
     "claim_key",
     "inbound_message",
     "parse_payload",

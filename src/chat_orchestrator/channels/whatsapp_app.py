@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from chat_orchestrator._io import Op, run_async, run_sync
+from chat_orchestrator.channels.events import ChannelEvent
 from chat_orchestrator.channels.webhook_http import HttpReply, admit, read_body, reply_for_error
 from chat_orchestrator.channels.whatsapp_asgi import WhatsAppASGI
 from chat_orchestrator.channels.whatsapp_events import (
@@ -60,7 +61,15 @@ from chat_orchestrator.pipeline.worker import pipeline_store_of
 from chat_orchestrator.state_managers.async_base import require_sync
 from chat_orchestrator.state_managers.base import validate_claim_ttl
 
-__all__ = ["CHANNEL", "TurnFailure", "WhatsAppBot", "claim_key", "inbound_message", "to_event"]
+__all__ = [
+    "CHANNEL",
+    "TurnFailure",
+    "WhatsAppBot",
+    "channel_event",
+    "claim_key",
+    "inbound_message",
+    "to_event",
+]
 
 log = logging.getLogger(__name__)
 SEVEN_DAYS = 7 * 24 * 3600.0
@@ -88,23 +97,9 @@ def inbound_message() -> InboundMessage | None:
 
 
 def to_event(message: InboundMessage) -> Event:
-    """The inbox event of a WhatsApp message: its key is the message's once-only key."""
-    data: dict[str, Any] = {
-        "raw": message.raw,
-        "phone_number_id": message.phone_number_id,
-        "wa_id": message.wa_id,
-        "message_id": message.id,
-    }
-    if message.contact_name is not None:
-        data["contact_name"] = message.contact_name
-    return Event(
-        key=claim_key(message.phone_number_id, message.id),
-        chat_id=message.chat_id,
-        user_input=message.user_input,
-        kind=message.kind,
-        channel=CHANNEL,
-        data=data,
-    )
+    """The inbox event of a WhatsApp message: its :func:`channel_event`, plus the raw message
+    (so ``inbound_message()`` works in a worker as in direct mode)."""
+    return Event.from_channel(channel_event(message), raw=message.raw, wa_id=message.wa_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +131,40 @@ def claim_key(phone_number_id: str | None, message_id: str, status: str | None =
     # ensure_ascii=False: ids are valid Unicode (parse_payload checks), and escaping would let a
     # key grow to six times its ids' length.
     return "wa:" + json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+
+
+#: WhatsApp kinds that are a tapped choice: the flow sees them as every channel's "button".
+_CHOICES = frozenset({"button_reply", "list_reply", "template_button"})
+
+
+def channel_event(message: InboundMessage) -> ChannelEvent:
+    """The generic event of a WhatsApp message: the chat id stays the raw ``wa_id`` digits (or
+    the BSUID) and the key ``claim_key(phone_number_id, id)``, so stores written before keep
+    their chats and their claims. A reply button, list row or template button is ``button``
+    with the option id as ``user_input``, as on every channel."""
+    data: dict[str, Any] = {
+        "message_id": message.id,
+        "phone_number_id": message.phone_number_id,
+        "whatsapp_kind": message.kind,
+        "timestamp": message.timestamp,
+    }
+    if message.contact_name is not None:
+        data["contact_name"] = message.contact_name
+    if message.reply is not None:
+        data["title"] = message.reply.title
+    if message.media is not None:
+        data["media_id"] = message.media.id
+    if message.location is not None:
+        data["latitude"] = message.location.latitude
+        data["longitude"] = message.location.longitude
+    return ChannelEvent(
+        channel=CHANNEL,
+        chat_id=message.chat_id,
+        key=claim_key(message.phone_number_id, message.id),
+        user_input=message.user_input,
+        kind="button" if message.kind in _CHOICES else message.kind,
+        data=data,
+    )
 
 
 # -- the batch as a sans-I/O operation (chat_orchestrator._io) --------------------------------
@@ -247,6 +276,13 @@ class WhatsAppBot:
         if self._asgi is None:
             self._asgi = WhatsAppASGI(self)
         return self._asgi
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.webhook.max_body_bytes
+
+    def __repr__(self) -> str:
+        return f"WhatsAppBot({self.webhook!r})"
 
     @staticmethod
     def _refused(exc: WebhookError) -> HttpReply:

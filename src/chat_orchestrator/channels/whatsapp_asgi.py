@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chat_orchestrator.channels.webhook_http import (
     BodyBuffer,
@@ -26,10 +26,24 @@ from chat_orchestrator.channels.webhook_http import (
 )
 from chat_orchestrator.errors import WebhookError
 
-if TYPE_CHECKING:  # the bot module imports this one
-    from chat_orchestrator.channels.whatsapp_app import WhatsAppBot
+if TYPE_CHECKING:  # the bot modules import this one
+    from chat_orchestrator.channels.webhook_http import HttpReply as _Reply
 
-__all__ = ["WhatsAppASGI"]
+
+class WebhookApp(Protocol):
+    """What the ASGI glue needs of a bot (WhatsAppBot, TelegramBot)."""
+
+    @property
+    def max_body_bytes(self) -> int: ...
+
+    def _refused(self, exc: WebhookError) -> _Reply: ...
+
+    async def respond_async(
+        self, method: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> _Reply: ...
+
+
+__all__ = ["WebhookASGI", "WhatsAppASGI"]
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +61,23 @@ class _ClientGoneError(Exception):
 BODY_TIMEOUT = 10.0
 
 
-class WhatsAppASGI:
+class WebhookASGI:
     """``bot.asgi``: an ASGI 3 app serving ``bot`` (shares its ``failures``, ``turns``).
+
+    The same class serves a WhatsAppBot and a TelegramBot: all it asks of the bot is its body
+    limit and ``respond_async``.
 
     ``body_timeout``: a client that stops sending mid-body is answered 408 after this many
     seconds, rather than holding a task for ever (ASGI servers set no such limit themselves).
     Runs on asyncio (uvicorn; FastAPI or Starlette mount it).
     """
 
-    def __init__(self, bot: WhatsAppBot, *, body_timeout: float = BODY_TIMEOUT) -> None:
+    def __init__(self, bot: WebhookApp, *, body_timeout: float = BODY_TIMEOUT) -> None:
         self.bot = bot
         self.body_timeout = body_timeout
 
     def __repr__(self) -> str:
-        return f"WhatsAppASGI({self.bot.webhook!r})"
+        return f"{type(self).__name__}({self.bot!r})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -73,7 +90,7 @@ class WhatsAppASGI:
         headers = _headers(scope.get("headers", ()))
         method = str(scope.get("method", "GET"))
         try:
-            length = admit(method, headers, self.bot.webhook.max_body_bytes)
+            length = admit(method, headers, self.bot.max_body_bytes)
             body = await self._read_body(receive, length) if length else b""
         except WebhookError as exc:
             reply = self.bot._refused(exc)
@@ -98,6 +115,10 @@ class WhatsAppASGI:
                         return buffer.finish()
         except TimeoutError:
             raise body_timed_out() from None
+
+
+#: The WhatsApp bot's ASGI app: the shared class under the name it was published with.
+WhatsAppASGI = WebhookASGI
 
 
 def _headers(raw: Any) -> dict[str, str]:

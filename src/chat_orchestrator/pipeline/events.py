@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chat_orchestrator.errors import PipelineError
 from chat_orchestrator.state_managers.base import validate_chat_id, validate_claim_key
+
+if TYPE_CHECKING:  # the channels package imports the pipeline: no import cycle at run time
+    from chat_orchestrator.channels.events import ChannelEvent
 
 __all__ = ["MAX_EVENT_BYTES", "TIMER", "Event"]
 
@@ -33,6 +36,12 @@ class Event:
     kind: str = "message"
     channel: str = ""
     data: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_channel(cls, event: ChannelEvent, **extra: Any) -> Event:
+        """The inbox form of a channel's event; ``extra`` JSON-safe fields join its data."""
+        data = {**event.data, **extra} if extra else dict(event.data)
+        return cls(event.key, event.chat_id, event.user_input, event.kind, event.channel, data)
 
     @property
     def is_timer(self) -> bool:

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AsyncMessageSender", "MessageSender"]
+__all__ = ["AsyncMessageSender", "MessageSender", "Pacing"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """How fast a channel lets one sender send; the outbox's delivery loop enforces it.
+
+    ``per_chat_interval``: seconds between two messages to the same chat (0: no limit).
+    ``per_second``: messages per second across all chats of this sender (account, bot).
+    """
+
+    per_chat_interval: float
+    per_second: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.per_chat_interval) and self.per_chat_interval >= 0):
+            raise ValueError("per_chat_interval must be a finite number of seconds >= 0")
+        if not (math.isfinite(self.per_second) and self.per_second > 0):
+            raise ValueError("per_second must be a finite number > 0")
 
 
 class MessageSender(ABC):

@@ -1,27 +1,26 @@
 """WhatsApp Cloud API sender (sync, on ``httpx.Client``): text, buttons, lists, templates, reads.
 
-Every decision (payloads, limits, error classification, retries) is in ``whatsapp_core``; this
-driver only sends, sleeps and loops. ``AsyncWhatsAppSender`` (``whatsapp_async``) is its twin
-on ``httpx.AsyncClient``.
+Every decision (payloads, limits, error classification, retries) is in ``whatsapp_core`` and
+``http_core``; the driver (``http_drivers.SyncHttpDriver``) only sends, sleeps and loops.
+``AsyncWhatsAppSender`` (``whatsapp_async``) is its twin on ``httpx.AsyncClient``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any
 
 from chat_orchestrator.senders.base import MessageSender
+from chat_orchestrator.senders.http_drivers import SyncHttpDriver
 from chat_orchestrator.senders.whatsapp_base import GraphSender
-from chat_orchestrator.senders.whatsapp_core import GraphCall, Retry, RetryPolicy, httpx
+from chat_orchestrator.senders.whatsapp_core import RetryPolicy, httpx
 
 __all__ = ["RetryPolicy", "WhatsAppSender"]
 
-T = TypeVar("T")
 
-
-class WhatsAppSender(GraphSender[httpx.Client, Callable[[float], None]], MessageSender):
+class WhatsAppSender(
+    GraphSender[httpx.Client, Callable[[float], None]], SyncHttpDriver, MessageSender
+):
     """Sends through ``POST {base_url}/{api_version}/{phone_number_id}/messages``.
 
     ``send_message(chat_id, text, options)`` options: ``buttons`` (up to 3 ``{"id", "title"}``
@@ -30,12 +29,6 @@ class WhatsAppSender(GraphSender[httpx.Client, Callable[[float], None]], Message
     ``preview_url`` (bool), ``reply_to`` (a wamid to quote), ``callback_data`` (echoed in status
     webhooks). Every send returns the WhatsApp message id. Thread-safe (one pooled client).
     """
-
-    def _new_client(self) -> httpx.Client:
-        return httpx.Client()
-
-    def _default_sleep(self) -> Callable[[float], None]:
-        return time.sleep
 
     def send_message(
         self, chat_id: str, text: str, options: Mapping[str, Any] | None = None
@@ -55,33 +48,3 @@ class WhatsAppSender(GraphSender[httpx.Client, Callable[[float], None]], Message
     def mark_as_read(self, message_id: str, *, typing: bool = False) -> None:
         """Mark an inbound message (and the ones before it) read; optionally show typing."""
         self._run(self._api.read_receipt(message_id, typing=typing))
-
-    def _run(self, call: GraphCall[T]) -> T:
-        while True:
-            try:
-                response = self._client.post(
-                    call.url, content=call.content, headers=call.headers, timeout=call.timeout
-                )
-            except httpx.RequestError as exc:
-                outcome: T | Retry = call.failed(exc)
-            else:
-                outcome = call.answered(response.status_code, response.content)
-            if not isinstance(outcome, Retry):
-                return outcome
-            self._sleep(outcome.delay)
-
-    def close(self) -> None:
-        """Close the HTTP client if this sender created it (an injected one is the caller's)."""
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import Generic, TypeVar
+from typing import TypeVar
 
+from chat_orchestrator.senders.base import Pacing
+from chat_orchestrator.senders.http_drivers import HttpSenderBase
 from chat_orchestrator.senders.whatsapp_core import GraphAPI, RetryPolicy, Timeout
 
-__all__ = ["GraphSender"]
+__all__ = ["WHATSAPP_PACING", "GraphSender"]
 
 ClientT = TypeVar("ClientT")
 SleepT = TypeVar("SleepT")
 
+#: Cloud API throughput: 80 messages a second per number by default; no per-chat interval
+#: beyond the pair rate limit (131056), which the delivery loop learns from the error.
+WHATSAPP_PACING = Pacing(per_chat_interval=0.0, per_second=80.0)
 
-class GraphSender(ABC, Generic[ClientT, SleepT]):
+
+class GraphSender(HttpSenderBase[ClientT, SleepT]):
     """The constructor both drivers take; only the client and sleep types differ.
 
     ``client`` is an ``httpx.Client`` (sync) or ``httpx.AsyncClient`` (async) to share a
     connection pool or add transport settings; the sender closes only a client it created.
     ``timeout`` applies to every request (it overrides the client's own). ``sleep`` waits
-    between retries (tests pass a recorder).
+    between retries (tests pass a recorder). ``pacing`` defaults to ``WHATSAPP_PACING``.
     """
+
+    _api: GraphAPI
 
     def __init__(
         self,
@@ -35,6 +42,7 @@ class GraphSender(ABC, Generic[ClientT, SleepT]):
         backoff: float = 0.5,
         max_backoff: float = 60.0,
         sleep: SleepT | None = None,
+        pacing: Pacing = WHATSAPP_PACING,
     ) -> None:
         self._api = GraphAPI(
             access_token,
@@ -44,15 +52,7 @@ class GraphSender(ABC, Generic[ClientT, SleepT]):
             timeout=timeout,
             retry_policy=RetryPolicy(max_retries, backoff, max_backoff),
         )
-        self._owns_client = client is None
-        self._client: ClientT = client if client is not None else self._new_client()
-        self._sleep: SleepT = sleep if sleep is not None else self._default_sleep()
-
-    @abstractmethod
-    def _new_client(self) -> ClientT: ...
-
-    @abstractmethod
-    def _default_sleep(self) -> SleepT: ...
+        self._init_io(client, sleep, pacing)
 
     @property
     def phone_number_id(self) -> str:
@@ -61,10 +61,6 @@ class GraphSender(ABC, Generic[ClientT, SleepT]):
     @property
     def url(self) -> str:
         return self._api.url
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return self._api.retry_policy
 
     def __repr__(self) -> str:  # the token never appears
         return f"{type(self).__name__}(phone_number_id={self.phone_number_id!r}, url={self.url!r})"

@@ -12,8 +12,10 @@ from chat_orchestrator.errors import WhatsAppAPIError
 
 __all__ = ["NEVER_RETRY", "PAIR_RATE_LIMIT", "RETRYABLE", "api_error", "is_retryable"]
 
-#: Throughput, app/WABA rate limits, transient server errors, maintenance.
-RETRYABLE = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131056, 131057, 133004, 2494100})
+#: Throughput, app/WABA and spam rate limits, transient server errors, maintenance.
+RETRYABLE = frozenset(
+    {1, 2, 4, 80007, 130429, 131000, 131048, 131016, 131056, 131057, 133004, 2494100}
+)
 #: Request or account problems that a retry only repeats (token, parameters, recipient, window).
 NEVER_RETRY = frozenset({0, 100, 190, 131008, 131009, 131021, 131026, 131030, 131047, 131050})
 #: Same sender to the same recipient too fast: Meta prescribes waiting 4^n seconds.
