@@ -37,7 +37,13 @@ from chat_orchestrator._io import Op, run_async, run_sync
 from chat_orchestrator.channels.events import ChannelEvent
 from chat_orchestrator.channels.telegram_updates import GroupMode, Parsed, parse_update
 from chat_orchestrator.channels.webhook_http import HttpReply, admit, read_body, reply_for_error
-from chat_orchestrator.channels.whatsapp_app import SEVEN_DAYS, TurnFailure, _Claim, _Release
+from chat_orchestrator.channels.whatsapp_app import (
+    SEVEN_DAYS,
+    TurnFailure,
+    _Claim,
+    _Enqueue,
+    _Release,
+)
 from chat_orchestrator.channels.whatsapp_asgi import WebhookASGI
 from chat_orchestrator.errors import (
     ChatOrchestratorError,
@@ -47,6 +53,9 @@ from chat_orchestrator.errors import (
     WebhookError,
 )
 from chat_orchestrator.orchestrator import ChatOrchestrator
+from chat_orchestrator.pipeline.events import Event
+from chat_orchestrator.pipeline.store import PipelineStore
+from chat_orchestrator.pipeline.worker import pipeline_store_of
 from chat_orchestrator.senders._views import is_async_sender
 from chat_orchestrator.state_managers.async_base import require_sync
 from chat_orchestrator.state_managers.base import validate_claim_ttl
@@ -91,6 +100,12 @@ class TelegramBot:
     ``group_mode`` ``"chat"`` (a group is one conversation) or ``"user"`` (one per member);
     ``topics``: a forum topic is its own conversation. ``on_event`` gets every recorded event
     (edited, blocked, unblocked, member, unsupported); it may be ``async def``.
+
+    ``mode="queue"`` stores each update's event in the message pipeline's inbox instead of
+    running its turn (workers run it, and deliver the replies paced at the sender's
+    ``pacing``: about 1 message per second per chat, 30 per second per bot); a button press
+    is still answered at once, so the user's spinner stops. ``mode="direct"`` (the default)
+    runs the turn inside the request.
     """
 
     def __init__(
@@ -107,6 +122,7 @@ class TelegramBot:
         callback_ids: Any = None,
         keep_failures: int = 1000,
         max_body_bytes: int = DEFAULT_MAX_BODY,
+        mode: str = "direct",
     ) -> None:
         self.orchestrator: ChatOrchestrator = (
             orchestrator
@@ -139,6 +155,10 @@ class TelegramBot:
         self._lock = threading.Lock()
         self.turns = 0
         self._asgi: WebhookASGI | None = None
+        if mode not in ("direct", "queue"):
+            raise ValueError(f"mode must be 'direct' or 'queue', not {mode!r}")
+        self.mode = mode
+        self._inbox: PipelineStore | None = pipeline_store_of(self) if mode == "queue" else None
 
     def __repr__(self) -> str:  # the secret never appears
         return f"TelegramBot(bot_id={self.bot_id!r}, group_mode={self.group_mode!r})"
@@ -257,7 +277,8 @@ class TelegramBot:
                 if event is not None and not parsed.run:
                     yield from self._report_op(event)
             elif event is not None and parsed.run:
-                if not (yield from self._turn_op(event, key)):
+                run = self._turn_op if self._inbox is None else self._enqueue_op
+                if not (yield from run(event, key)):
                     return _RETRY_REPLY
             elif event is not None:
                 yield from self._report_op(event)
@@ -302,6 +323,21 @@ class TelegramBot:
             self.turns += 1
         return True
 
+    def _enqueue_op(self, event: ChannelEvent, key: str) -> Op[bool]:
+        """Queue mode: store the event for the workers; False (503) if the store cannot."""
+        try:
+            yield _Enqueue([Event.from_channel(event)])
+        except Exception as exc:  # the store is down: Telegram must redeliver, never lose it
+            log.error("cannot store Telegram update %s (%s); asking to retry", key, exc)
+            try:
+                yield _Release(key)
+            except StateManagerError as release_failed:
+                log.error("could not give back the claim of %s: %s", key, release_failed)
+            return False
+        with self._lock:
+            self.turns += 1
+        return True
+
     def _report_op(self, event: ChannelEvent) -> Op[None]:
         log.info("Telegram update %s recorded as %s", event.key, event.kind)
         self.recorded.append(event)
@@ -318,6 +354,9 @@ class TelegramBot:
 
     # -- the two drivers ------------------------------------------------------------------
     def _execute(self, command: object) -> object:
+        if type(command) is _Enqueue:
+            assert self._inbox is not None
+            return self._inbox.add(command.events, self.retention)
         if type(command) is _Claim:
             return require_sync(self.orchestrator.state_manager).claim(command.key, self.retention)
         if type(command) is _Release:
@@ -339,6 +378,9 @@ class TelegramBot:
 
     async def _execute_async(self, command: object) -> object:
         manager = self.orchestrator.state_manager
+        if type(command) is _Enqueue:
+            assert self._inbox is not None
+            return await self._inbox.add_async(command.events, self.retention)
         if type(command) is _Claim:
             return await manager.claim_async(command.key, self.retention)
         if type(command) is _Release:
