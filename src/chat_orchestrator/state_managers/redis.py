@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chat_orchestrator._io import Op, run_sync
 from chat_orchestrator._jsonctx import decode_context
@@ -84,6 +85,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 # After the guarded import: this module needs redis-py too.
 from chat_orchestrator.state_managers._redis_listing import record_info, scan_chats
+
+if TYPE_CHECKING:
+    from chat_orchestrator.pipeline.redis import RedisPipelineStore
 
 __all__ = ["RedisStateManager"]
 
@@ -197,6 +201,8 @@ class RedisStateManager(LeasedStateManager):
         self._ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
         self._lease_ms = check_lease_settings(lock_lease, lock_timeout)
         self._lock_timeout = lock_timeout
+        self._pipeline: RedisPipelineStore | None = None
+        self._pipeline_guard = threading.Lock()  # one store per manager, even when threads race
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStateManager:
@@ -371,6 +377,17 @@ class RedisStateManager(LeasedStateManager):
             "renew the lock of", chat_id, RENEW, (lock_key,), token, self._lease_ms
         )
         return bool(renewed)
+
+    # -- the message pipeline ----------------------------------------------------------------
+    def pipeline_store(self) -> RedisPipelineStore:
+        """The pipeline's inbox and work index in this Redis, through this manager's clients."""
+        if self._pipeline is None:
+            with self._pipeline_guard:
+                if self._pipeline is None:
+                    from chat_orchestrator.pipeline.redis import RedisPipelineStore
+
+                    self._pipeline = RedisPipelineStore(self)
+        return self._pipeline
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:

@@ -24,7 +24,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import StateManagerError, describe_chat_id
@@ -41,6 +41,9 @@ from chat_orchestrator.state_managers.base import (
     validate_chat_id,
     validate_claim_ttl,
 )
+
+if TYPE_CHECKING:
+    from chat_orchestrator.pipeline.sqlite import SQLitePipelineStore
 
 __all__ = ["SQLiteStateManager"]
 
@@ -130,6 +133,8 @@ class SQLiteStateManager(BlockingLeasedStateManager):
         self._open_lock = threading.Lock()
         self._generation = 0
         self._claims_since_sweep = 0
+        self._pipeline: SQLitePipelineStore | None = None
+        self._pipeline_lock = threading.Lock()  # not _open_lock: _connection() takes that one
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -318,6 +323,20 @@ class SQLiteStateManager(BlockingLeasedStateManager):
             "sweep claims",
             lambda: self._connection().db.execute(sql.SWEEP_CLAIMS, (_now_ms(),)).rowcount,
         )
+
+    # -- the message pipeline ---------------------------------------------------------------
+    def pipeline_store(self) -> SQLitePipelineStore:
+        """The pipeline's inbox, work index and dead letters, in this database file."""
+        with self._pipeline_lock:  # two threads' first calls must get one store
+            if self._pipeline is None:
+                from chat_orchestrator.pipeline import sqlite as pipe
+
+                self._call(
+                    "create the pipeline tables",
+                    lambda: pipe.create_schema(self._connection().db),
+                )
+                self._pipeline = pipe.SQLitePipelineStore(self)
+            return self._pipeline
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
