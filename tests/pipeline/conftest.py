@@ -17,7 +17,7 @@ from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 from tests.conftest import _unique, mongo_uri
 from tests.servers import RedisServer, create_cluster
 
-PIPELINE_BACKENDS = ["memory", "sqlite", "redis", "redis-cluster"]
+PIPELINE_BACKENDS = ["memory", "sqlite", "redis", "redis-cluster", "mongo"]
 
 PipeFactory = Callable[[], StateManager]
 

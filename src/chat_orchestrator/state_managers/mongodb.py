@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from chat_orchestrator._io import Op
 from chat_orchestrator._jsonctx import decode_context
@@ -75,10 +75,15 @@ from chat_orchestrator.state_managers._mongo_admin import (
     from_ms,
 )
 
-__all__ = ["MongoCall", "MongoDBStateManager"]
+if TYPE_CHECKING:
+    from chat_orchestrator.pipeline.mongodb import MongoPipelineStore
+
+__all__ = ["MongoCall", "MongoDBStateManager", "Target"]
 
 _RECORD_FIELDS = {"s": 1, "c": 1, "v": 1}
-Target = Literal["states", "claims"]
+Target = Literal["states", "claims", "pipe_inbox", "pipe_seq", "pipe_work", "pipe_dead"]
+#: The message pipeline's collections, ``<collection>_<target>`` (see pipeline.mongodb).
+_PIPELINE_TARGETS: tuple[Target, ...] = ("pipe_inbox", "pipe_seq", "pipe_work", "pipe_dead")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +174,11 @@ class MongoDBStateManager(LeasedStateManager):
             "states": self._collection,
             "claims": self._collection.database[f"{self._collection.name}_claims"],
         }
+        # Handles only (no I/O): listed now so every event loop's async twins include them.
+        for target in _PIPELINE_TARGETS:
+            self._targets[target] = self._collection.database[f"{self._collection.name}_{target}"]
+        self._pipeline: MongoPipelineStore | None = None
+        self._pipeline_lock = threading.Lock()
         self._async_client = async_client
         self._async_targets: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop,
@@ -376,6 +386,17 @@ class MongoDBStateManager(LeasedStateManager):
         call = _call("states", "update_one", query, update)
         result = yield from self._do("renew the lease of", chat_id, call)
         return result.matched_count == 1  # type: ignore[no-any-return]
+
+    # -- the message pipeline ---------------------------------------------------------------
+    def pipeline_store(self) -> MongoPipelineStore:
+        """The pipeline's inbox, work index and dead letters, beside the records."""
+        with self._pipeline_lock:  # two threads' first calls must get one store
+            if self._pipeline is None:
+                from chat_orchestrator.pipeline import mongodb as pipe
+
+                self._call("index the pipeline of", "*", partial(pipe.create_indexes, self))
+                self._pipeline = pipe.MongoPipelineStore(self)
+            return self._pipeline
 
     def close(self) -> None:
         self._collection.database.client.close()
