@@ -180,8 +180,10 @@ class RedisPipelineStore(PipelineStore):
     # -- dead letters ---------------------------------------------------------------------
     def _park_op(self, letter: DeadLetter) -> Op[None]:
         letter_id, chat_id = _letter_id(letter.id), validate_chat_id(letter.chat_id)
-        if type(letter.at) is not float or not math.isfinite(letter.at):
-            raise PipelineError(f"a dead letter's time must be a finite float, not {letter.at!r}")
+        # An int is a float to the type checker (and to the other stores): accept it.
+        at = letter.at
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+            raise PipelineError(f"a dead letter's time must be a finite number, not {at!r}")
         text = letter.to_json()
         keys = (self._dead, self._dead_order, self._dead_chat + chat_id)
         args: tuple[str | int, ...] = (letter_id, chat_id, repr(letter.at), text)
