@@ -198,7 +198,10 @@ class Worker:
                 held = list(self._held.values())
             for taken in held:
                 try:
-                    if not self.store.renew(taken, self.settings.lease):
+                    renewed = self.store.renew(taken, self.settings.lease)
+                    with self._count_lock:
+                        still_held = id(taken) in self._held
+                    if not renewed and still_held:  # not a pass that just ended
                         log.warning(
                             "worker %s: the lease of chat %s was taken over by another worker "
                             "(its writes are conditional: the late one fails, never wins)",
