@@ -1,8 +1,8 @@
 """The steps TelegramBot shares with WhatsAppBot (``channels._bot``), seen through Telegram.
 
 A refused claim key, a claim store that is down, an ``async def`` callback on both paths, a
-store that is down in queue mode (the claim given back, so the redelivery is stored), and
-arguments refused before the pipeline's inbox is opened.
+failing callback, and arguments refused before the pipeline's inbox is opened (the inbox
+being down in queue mode is in ``test_queue_mode``).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from chat_orchestrator.channels.whatsapp_app import WhatsAppBot
 from chat_orchestrator.errors import InvalidChatIdError, StateManagerUnavailableError
 from chat_orchestrator.pipeline.memory import MemoryPipelineStore
 from chat_orchestrator.senders.telegram import TelegramSender
-from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 from tests.telegram.bot_api_standin import BotAPIStandIn
 from tests.telegram.conftest import SECRET, Serve
 from tests.telegram.test_webhook import echo_orchestrator, update
+from tests.whatsapp.test_webhook_hostile import PickyStore
 
 
-class ClaimStore(InMemoryStateManager):
+class ClaimStore(PickyStore):
     """Refuses claim keys holding ``refuse`` (a custom rule); unreachable for claims while
     ``down``; counts the pipeline stores it was asked for."""
 
@@ -33,19 +33,11 @@ class ClaimStore(InMemoryStateManager):
     down = False
     opened = 0
 
-    def claim(self, key: str, ttl: float) -> bool:
-        self._check(key)
-        return super().claim(key, ttl)
-
-    async def claim_async(self, key: str, ttl: float) -> bool:
-        self._check(key)
-        return await super().claim_async(key, ttl)
-
     def pipeline_store(self) -> MemoryPipelineStore:
         self.opened += 1
         return super().pipeline_store()
 
-    def _check(self, key: str) -> None:
+    def _check(self, key: str) -> None:  # type: ignore[override]
         if self.down:
             raise StateManagerUnavailableError("claims unreachable (injected)")
         if self.refuse in key:
@@ -122,27 +114,6 @@ def test_a_failing_on_event_is_logged_not_the_request(serve: Serve, sender: Any)
     assert post(serve(bot), update("edited_message")).status_code == 200
     assert len(bot.recorded) == 1
     assert list(bot.failures) == []
-
-
-def test_queue_mode_gives_the_claim_back_when_the_inbox_is_down(serve: Serve, sender: Any) -> None:
-    orchestrator, _ = echo_orchestrator(sender)
-    bot = TelegramBot(orchestrator, secret_token=SECRET, mode="queue")
-    inbox: Any = bot._inbox
-    add, add_async = inbox.add, inbox.add_async
-
-    def down(*args: object, **kwargs: object) -> list[bool]:
-        raise ConnectionError("the store is not answering")
-
-    async def down_async(*args: object, **kwargs: object) -> list[bool]:
-        raise ConnectionError("the store is not answering")
-
-    inbox.add, inbox.add_async = down, down_async
-    served = serve(bot)
-    assert post(served, update("text")).status_code == 503
-    inbox.add, inbox.add_async = add, add_async
-    assert post(served, update("text")).status_code == 200  # the redelivery is stored
-    assert bot.turns == 1
-    assert [event.key for event in inbox.pending("tg:111", 10)] == ["tg:123456789:10000"]
 
 
 @pytest.mark.parametrize(
