@@ -53,6 +53,7 @@ def test_a_store_that_is_down_is_answered_503(serve: Serve, api: BotAPIStandIn) 
     orchestrator, _ = echo_orchestrator(sender)
     bot = TelegramBot(orchestrator, secret_token=SECRET, mode="queue")
     store: Any = bot._inbox
+    add, add_async = store.add, store.add_async
 
     def down(*args: object, **kwargs: object) -> list[bool]:
         raise ConnectionError("the store is not answering")
@@ -63,4 +64,9 @@ def test_a_store_that_is_down_is_answered_503(serve: Serve, api: BotAPIStandIn) 
     store.add, store.add_async = down, down_async
     served = serve(bot)
     assert served.post(json.dumps(update("text")).encode()).status_code == 503
+    # The claim was given back: Telegram's redelivery is stored once the store is back.
+    store.add, store.add_async = add, add_async
+    assert served.post(json.dumps(update("text")).encode()).status_code == 200
+    assert bot.turns == 1
+    assert [event.key for event in store.pending("tg:111", 10)] == ["tg:123456789:10000"]
     sender.close()

@@ -2,8 +2,9 @@
 
 * Every POST must carry ``X-Telegram-Bot-Api-Secret-Token`` equal to the ``secret_token`` given
   to ``setWebhook`` (compared in constant time): missing is 401, wrong is 403. Only POST is
-  served (405 otherwise); bodies over ``max_body_bytes`` are 413; admission, body reading and
-  the ASGI glue are the WhatsApp app's (``webhook_http``, ``whatsapp_asgi.WebhookASGI``).
+  served (405 otherwise); bodies over ``max_body_bytes`` are 413; admission, body reading,
+  claims, turns, the WSGI and ASGI glue and the drivers are the WhatsApp bot's too
+  (``webhook_http``, ``whatsapp_asgi.WebhookASGI``, ``_bot.WebhookBot``).
 * At most once: each update is claimed as ``tg:<bot id>:<update_id>`` in the state manager's
   claims for ``retention`` seconds (7 days) before its turn; Telegram redelivers on any
   non-2xx answer, so a duplicate is answered 200 and not run again.
@@ -23,60 +24,42 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import inspect
 import json
 import logging
 import re
-import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from chat_orchestrator._io import Op, run_async, run_sync
-from chat_orchestrator.channels.events import ChannelEvent
-from chat_orchestrator.channels.telegram_updates import GroupMode, Parsed, parse_update
-from chat_orchestrator.channels.webhook_http import HttpReply, admit, read_body, reply_for_error
-from chat_orchestrator.channels.whatsapp_app import (
+from chat_orchestrator.channels._bot import (
     SEVEN_DAYS,
     TurnFailure,
-    _Claim,
-    _Enqueue,
-    _Release,
+    WebhookBot,
+    _Turn,
+    call_blocking,
+    resolve_orchestrator,
 )
-from chat_orchestrator.channels.whatsapp_asgi import WebhookASGI
-from chat_orchestrator.errors import (
-    ChatOrchestratorError,
-    LockTimeoutError,
-    StateManagerError,
-    StateManagerUnavailableError,
-    WebhookError,
-)
+from chat_orchestrator.channels.events import ChannelEvent
+from chat_orchestrator.channels.telegram_updates import GroupMode, Parsed, parse_update
+from chat_orchestrator.channels.webhook_http import HttpReply
+from chat_orchestrator.errors import WebhookError
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.pipeline.events import Event
-from chat_orchestrator.pipeline.store import PipelineStore
-from chat_orchestrator.pipeline.worker import pipeline_store_of
 from chat_orchestrator.senders._views import is_async_sender
-from chat_orchestrator.state_managers.async_base import require_sync
-from chat_orchestrator.state_managers.base import validate_claim_ttl
 
 __all__ = ["TelegramBot"]
 
 log = logging.getLogger(__name__)
 #: setWebhook's rule for secret_token: 1-256 characters of A-Z, a-z, 0-9, _ and -.
 _SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
-_RETRY_LATER = (LockTimeoutError, StateManagerUnavailableError)
 _RETRY_REPLY = (503, "update store unavailable, retry later")
 #: A Telegram update is small (a message is at most 4,096 characters plus metadata).
 DEFAULT_MAX_BODY = 1_000_000
-StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
-@dataclass(frozen=True, slots=True)
-class _Turn:
-    event: ChannelEvent
-
-
+# Telegram's own commands (the shared ones are in ``_bot``).
 @dataclass(frozen=True, slots=True)
 class _Resolve:
     token: str
@@ -87,12 +70,7 @@ class _Answer:
     callback_query_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Report:
-    event: ChannelEvent
-
-
-class TelegramBot:
+class TelegramBot(WebhookBot):
     """``TelegramBot(orchestrator, secret_token=...)`` is a WSGI app; ``bot.asgi`` its twin.
 
     ``sender`` answers callback queries (default: the orchestrator's sender, when it is a
@@ -107,6 +85,10 @@ class TelegramBot:
     is still answered at once, so the user's spinner stops. ``mode="direct"`` (the default)
     runs the turn inside the request.
     """
+
+    _channel, _unit, _redeliverer = "Telegram", "update", "Telegram"
+    _auth_header = "x-telegram-bot-api-secret-token"
+    _log = log
 
     def __init__(
         self,
@@ -124,18 +106,14 @@ class TelegramBot:
         max_body_bytes: int = DEFAULT_MAX_BODY,
         mode: str = "direct",
     ) -> None:
-        self.orchestrator: ChatOrchestrator = (
-            orchestrator
-            if isinstance(orchestrator, ChatOrchestrator)
-            else orchestrator.orchestrator
-        )
+        engine = resolve_orchestrator(orchestrator)
         if secret_token is not None and not (
             isinstance(secret_token, str) and _SECRET.fullmatch(secret_token)
         ):
             raise ValueError("secret_token must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
         # None only for polling (TelegramPoller): a webhook without a secret refuses everything.
         self._secret = secret_token.encode() if secret_token is not None else None
-        self.sender: Any = sender if sender is not None else self.orchestrator.sender
+        self.sender: Any = sender if sender is not None else engine.sender
         found_id = bot_id if bot_id is not None else getattr(self.sender, "bot_id", None)
         if not isinstance(found_id, str) or not found_id.isascii() or not found_id.isdigit():
             raise ValueError("bot_id (the digits before the token's colon) is required")
@@ -144,21 +122,13 @@ class TelegramBot:
             raise ValueError("group_mode must be 'chat' or 'user'")
         self.group_mode: GroupMode = group_mode
         self.topics = topics
-        self.retention = validate_claim_ttl(retention)
         self.on_event = on_event
         self.callback_ids = (
             callback_ids if callback_ids is not None else getattr(self.sender, "callback_ids", None)
         )
         self._max_body = max_body_bytes
-        self.failures: deque[TurnFailure] = deque(maxlen=keep_failures)
         self.recorded: deque[ChannelEvent] = deque(maxlen=keep_failures)
-        self._lock = threading.Lock()
-        self.turns = 0
-        self._asgi: WebhookASGI | None = None
-        if mode not in ("direct", "queue"):
-            raise ValueError(f"mode must be 'direct' or 'queue', not {mode!r}")
-        self.mode = mode
-        self._inbox: PipelineStore | None = pipeline_store_of(self) if mode == "queue" else None
+        super().__init__(engine, retention=retention, keep_failures=keep_failures, mode=mode)
 
     def __repr__(self) -> str:  # the secret never appears
         return f"TelegramBot(bot_id={self.bot_id!r}, group_mode={self.group_mode!r})"
@@ -166,49 +136,6 @@ class TelegramBot:
     @property
     def max_body_bytes(self) -> int:
         return self._max_body
-
-    @property
-    def asgi(self) -> WebhookASGI:
-        """This bot as an ASGI app (uvicorn, ``app.mount(path, bot.asgi)``)."""
-        if self._asgi is None:
-            self._asgi = WebhookASGI(self)
-        return self._asgi
-
-    # -- WSGI -------------------------------------------------------------------------------
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        headers = {
-            "content-length": environ.get("CONTENT_LENGTH", ""),
-            "transfer-encoding": environ.get("HTTP_TRANSFER_ENCODING", ""),
-            "x-telegram-bot-api-secret-token": environ.get(
-                "HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN", ""
-            ),
-        }
-        method = str(environ.get("REQUEST_METHOD", "GET"))
-        try:
-            length = admit(method, headers, self._max_body)
-            body = read_body(environ["wsgi.input"].read, length) if length else b""
-        except WebhookError as exc:
-            reply = self._refused(exc)
-        else:
-            reply = self.respond(method, "", headers, body)
-        start_response(f"{reply.status} {reply.reason}", reply.headers())
-        return [reply.body]
-
-    def respond(
-        self, method: str, query: str, headers: Mapping[str, str], body: bytes
-    ) -> HttpReply:
-        """Answer one admitted request; headers in lower case."""
-        return run_sync(self._request_op(method, headers, body), self._execute)
-
-    async def respond_async(
-        self, method: str, query: str, headers: Mapping[str, str], body: bytes
-    ) -> HttpReply:
-        return await run_async(self._request_op(method, headers, body), self._execute_async)
-
-    @staticmethod
-    def _refused(exc: WebhookError) -> HttpReply:
-        log.warning("Telegram webhook request refused (%d): %s", exc.status, exc)
-        return reply_for_error(exc)
 
     # -- the update as a sans-I/O operation ---------------------------------------------------
     def handle_update(self, update: object) -> tuple[int, str]:
@@ -231,8 +158,10 @@ class TelegramBot:
             update, bot_id=self.bot_id, group_mode=self.group_mode, topics=self.topics
         )
 
-    def _request_op(self, method: str, headers: Mapping[str, str], body: bytes) -> Op[HttpReply]:
-        try:
+    def _request_op(
+        self, method: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> Op[HttpReply]:
+        try:  # the query is not Telegram's: setWebhook's URL is the bot's, fixed
             if method != "POST":
                 raise WebhookError("Telegram posts updates; only POST is served", status=405)
             self._check_secret(headers.get("x-telegram-bot-api-secret-token") or "")
@@ -258,15 +187,13 @@ class TelegramBot:
 
     def _update_op(self, parsed: Parsed) -> Op[tuple[int, str]]:
         key = f"tg:{self.bot_id}:{parsed.update_id}"
-        try:
-            claimed = bool((yield _Claim(key)))
-        except StateManagerError as exc:
-            log.error("cannot record update ids (%s); asking Telegram to retry", exc)
+        chat = parsed.event.chat_id if parsed.event is not None else ""
+        claimed = yield from self._claim_op(key, str(parsed.update_id), chat)
+        if claimed == "retry":
             return _RETRY_REPLY
-        except (ChatOrchestratorError, ValueError) as exc:
-            self._fail(parsed, f"claim key refused: {exc}")
+        if claimed == "refused":
             return 200, "OK"
-        if not claimed:
+        if claimed == "duplicate":
             return 200, "duplicate"
         event, why = parsed.event, parsed.skipped
         if event is not None and parsed.mapped_data is not None:
@@ -277,8 +204,7 @@ class TelegramBot:
                 if event is not None and not parsed.run:
                     yield from self._report_op(event)
             elif event is not None and parsed.run:
-                run = self._turn_op if self._inbox is None else self._enqueue_op
-                if not (yield from run(event, key)):
+                if not (yield from self._run_op(event, key)):
                     return _RETRY_REPLY
             elif event is not None:
                 yield from self._report_op(event)
@@ -305,90 +231,36 @@ class TelegramBot:
             event.channel, event.chat_id, event.key, option_id, event.kind, event.data
         ), None
 
-    def _turn_op(self, event: ChannelEvent, key: str) -> Op[bool]:
-        try:
-            yield _Turn(event)
-        except _RETRY_LATER as exc:
-            log.warning("turn for Telegram update %s deferred (%s); asking to retry", key, exc)
-            try:
-                yield _Release(key)
-            except StateManagerError as release_failed:
-                log.error("could not give back the claim of %s: %s", key, release_failed)
+    def _run_op(self, event: ChannelEvent, key: str) -> Op[bool]:
+        """The turn (direct mode) or the inbox (queue mode); False (503): claim given back."""
+        if self._inbox is None:
+            return (yield from self._turn_op(_Turn(event.chat_id, event.user_input), key, key))
+        if (yield from self._store_op([Event.from_channel(event)])) is None:
+            yield from self._release_op(key, key)
             return False
-        except Exception as exc:
-            log.exception("turn failed for Telegram update %s", key)
-            self.failures.append(TurnFailure(key, event.chat_id, f"{type(exc).__name__}: {exc}"))
-            return True
-        with self._lock:
-            self.turns += 1
-        return True
-
-    def _enqueue_op(self, event: ChannelEvent, key: str) -> Op[bool]:
-        """Queue mode: store the event for the workers; False (503) if the store cannot."""
-        try:
-            yield _Enqueue([Event.from_channel(event)])
-        except Exception as exc:  # the store is down: Telegram must redeliver, never lose it
-            log.error("cannot store Telegram update %s (%s); asking to retry", key, exc)
-            try:
-                yield _Release(key)
-            except StateManagerError as release_failed:
-                log.error("could not give back the claim of %s: %s", key, release_failed)
-            return False
-        with self._lock:
-            self.turns += 1
+        self._count(1)
         return True
 
     def _report_op(self, event: ChannelEvent) -> Op[None]:
         log.info("Telegram update %s recorded as %s", event.key, event.kind)
         self.recorded.append(event)
         if self.on_event is not None:
-            try:
-                yield _Report(event)
-            except Exception:
-                log.exception("on_event failed for %s", event.key)
+            yield from self._callback_op(self.on_event, event, "on_event", event.key)
 
     def _fail(self, parsed: Parsed, why: str) -> None:
         log.warning("Telegram update %d skipped: %s", parsed.update_id, why)
         chat = parsed.event.chat_id if parsed.event is not None else ""
         self.failures.append(TurnFailure(str(parsed.update_id), chat, why))
 
-    # -- the two drivers ------------------------------------------------------------------
-    def _execute(self, command: object) -> object:
-        if type(command) is _Enqueue:
-            assert self._inbox is not None
-            return self._inbox.add(command.events, self.retention)
-        if type(command) is _Claim:
-            return require_sync(self.orchestrator.state_manager).claim(command.key, self.retention)
-        if type(command) is _Release:
-            require_sync(self.orchestrator.state_manager).release_claim(command.key)
-            return None
-        if type(command) is _Turn:
-            event = command.event
-            return self.orchestrator.handle_message(event.chat_id, event.user_input)
+    # -- Telegram's own commands, blocking and on the event loop ---------------------------
+    def _execute_more(self, command: object) -> object:
         if type(command) is _Resolve:
             return self.callback_ids.recall(command.token) if self.callback_ids else None
-        if type(command) is _Answer:
-            return _call_sync(self.sender.answer_callback_query, command.callback_query_id)
-        assert type(command) is _Report
-        assert self.on_event is not None
-        result = self.on_event(command.event)
-        if inspect.isawaitable(result):
-            asyncio.run(_awaited(result))
-        return None
+        if type(command) is _Answer:  # an async sender on the sync path runs to completion
+            return call_blocking(self.sender.answer_callback_query, command.callback_query_id)
+        return super()._execute_more(command)
 
-    async def _execute_async(self, command: object) -> object:
-        manager = self.orchestrator.state_manager
-        if type(command) is _Enqueue:
-            assert self._inbox is not None
-            return await self._inbox.add_async(command.events, self.retention)
-        if type(command) is _Claim:
-            return await manager.claim_async(command.key, self.retention)
-        if type(command) is _Release:
-            await manager.release_claim_async(command.key)
-            return None
-        if type(command) is _Turn:
-            event = command.event
-            return await self.orchestrator.handle_message_async(event.chat_id, event.user_input)
+    async def _execute_more_async(self, command: object) -> object:
         if type(command) is _Resolve:
             if not self.callback_ids:
                 return None
@@ -398,20 +270,4 @@ class TelegramBot:
             if is_async_sender(self.sender):
                 return await answer(command.callback_query_id)
             return await asyncio.to_thread(answer, command.callback_query_id)
-        assert type(command) is _Report
-        assert self.on_event is not None
-        result = self.on_event(command.event)
-        if inspect.isawaitable(result):
-            await result
-        return None
-
-
-async def _awaited(awaitable: Any) -> object:
-    return await awaitable
-
-
-def _call_sync(function: Callable[[str], Any], argument: str) -> object:
-    result = function(argument)
-    if inspect.isawaitable(result):  # an async sender on the sync path
-        return asyncio.run(_awaited(result))
-    return result
+        return await super()._execute_more_async(command)

@@ -16,29 +16,31 @@
   the message-id store itself is unreachable.
 * A status (message id + status) reaches ``on_status`` once, however often Meta repeats it.
 * Request handling (methods, lengths, limits) lives in ``webhook_http``, free of WSGI; the
-  batch's decisions are one sans-I/O operation driven by WSGI here and by ``bot.asgi``
-  (``whatsapp_asgi``) on an event loop.
+  batch's decisions are one sans-I/O operation driven by WSGI and by ``bot.asgi``
+  (``whatsapp_asgi``) on an event loop. What the Telegram bot does alike (claims, turns, the
+  drivers, the WSGI glue) is theirs in common, ``_bot.WebhookBot``.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import contextvars
-import inspect
 import json
 import logging
 import re
-import threading
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from chat_orchestrator._io import Op, run_async, run_sync
+from chat_orchestrator.channels._bot import (
+    SEVEN_DAYS,
+    TurnFailure,
+    WebhookBot,
+    _Turn,
+)
 from chat_orchestrator.channels.events import ChannelEvent
-from chat_orchestrator.channels.webhook_http import HttpReply, admit, read_body, reply_for_error
-from chat_orchestrator.channels.whatsapp_asgi import WhatsAppASGI
+from chat_orchestrator.channels.webhook_http import HttpReply
 from chat_orchestrator.channels.whatsapp_events import (
     InboundMessage,
     StatusEvent,
@@ -46,20 +48,10 @@ from chat_orchestrator.channels.whatsapp_events import (
     parse_message,
 )
 from chat_orchestrator.channels.whatsapp_webhook import WhatsAppWebhook
-from chat_orchestrator.errors import (
-    ChatOrchestratorError,
-    LockTimeoutError,
-    StateManagerError,
-    StateManagerUnavailableError,
-    WebhookError,
-)
+from chat_orchestrator.errors import ChatOrchestratorError, WebhookError
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.pipeline.events import Event
 from chat_orchestrator.pipeline.scope import current_event
-from chat_orchestrator.pipeline.store import PipelineStore
-from chat_orchestrator.pipeline.worker import pipeline_store_of
-from chat_orchestrator.state_managers.async_base import require_sync
-from chat_orchestrator.state_managers.base import validate_claim_ttl
 
 __all__ = [
     "CHANNEL",
@@ -72,7 +64,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-SEVEN_DAYS = 7 * 24 * 3600.0
 #: ``Event.channel`` of WhatsApp messages.
 CHANNEL = "whatsapp"
 _current: contextvars.ContextVar[InboundMessage | None] = contextvars.ContextVar(
@@ -102,16 +93,6 @@ def to_event(message: InboundMessage) -> Event:
     return Event.from_channel(channel_event(message), raw=message.raw, wa_id=message.wa_id)
 
 
-@dataclass(frozen=True, slots=True)
-class TurnFailure:
-    message_id: str
-    chat_id: str
-    error: str
-
-
-StartResponse = Callable[[str, list[tuple[str, str]]], Any]
-#: Not the step's fault: the message must run again when Meta redelivers it.
-_RETRY_LATER = (LockTimeoutError, StateManagerUnavailableError)
 _DECIMAL = re.compile(r"[0-9]+")
 
 
@@ -167,39 +148,11 @@ def channel_event(message: InboundMessage) -> ChannelEvent:
     )
 
 
-# -- the batch as a sans-I/O operation (chat_orchestrator._io) --------------------------------
-# Every decision of a POST (order, keys, what a failure means, when to stop) is in
-# WhatsAppBot._batch_op, once; it yields these commands, and a sync driver (WSGI) or an async
-# driver (ASGI) carries them out. A failing command is thrown back into the operation.
-@dataclass(frozen=True, slots=True)
-class _Claim:
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Release:
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Turn:
-    message: InboundMessage
-
-
-@dataclass(frozen=True, slots=True)
-class _Report:
-    status: StatusEvent
-
-
-@dataclass(frozen=True, slots=True)
-class _Enqueue:
-    events: list[Event]
-
-
+#: The 503 of a batch that must run again when Meta redelivers it.
 _RETRY_REPLY = (503, "message store unavailable, retry later")
 
 
-class WhatsAppBot:
+class WhatsAppBot(WebhookBot):
     """``WhatsAppBot(orchestrator, webhook)`` is a WSGI app, and ``bot.asgi`` its ASGI twin.
 
     ``orchestrator`` is a ChatOrchestrator or anything with one (a Conversation instance).
@@ -207,6 +160,10 @@ class WhatsAppBot:
     share a WABA). ``on_status`` is called with every StatusEvent (sent, delivered, read,
     failed with its errors); it may be an ``async def`` (awaited on the ASGI path).
     """
+
+    _channel, _unit, _redeliverer = "WhatsApp", "message", "Meta"
+    _auth_header = "x-hub-signature-256"
+    _log = log
 
     def __init__(
         self,
@@ -219,63 +176,10 @@ class WhatsAppBot:
         keep_failures: int = 1000,
         mode: str = "direct",
     ) -> None:
-        self.orchestrator: ChatOrchestrator = (
-            orchestrator
-            if isinstance(orchestrator, ChatOrchestrator)
-            else orchestrator.orchestrator
-        )
         self.webhook = webhook
-        # Checked here: a bad retention would otherwise refuse every claim, every message.
-        self.retention = validate_claim_ttl(retention)
         self.phone_number_id = phone_number_id
         self.on_status = on_status
-        self.failures: deque[TurnFailure] = deque(maxlen=keep_failures)
-        self._lock = threading.Lock()
-        self.turns = 0
-        self._asgi: WhatsAppASGI | None = None
-        if mode not in ("direct", "queue"):
-            raise ValueError(f"mode must be 'direct' or 'queue', not {mode!r}")
-        self.mode = mode
-        # The inbox, found (and refused, for a store that cannot hold it) when the bot is built.
-        self._inbox: PipelineStore | None = pipeline_store_of(self) if mode == "queue" else None
-
-    # -- WSGI -------------------------------------------------------------------------------
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        # Thin WSGI glue: every decision is in _request_op and webhook_http, shared with ASGI.
-        headers = {
-            "content-length": environ.get("CONTENT_LENGTH", ""),
-            "transfer-encoding": environ.get("HTTP_TRANSFER_ENCODING", ""),
-            "x-hub-signature-256": environ.get("HTTP_X_HUB_SIGNATURE_256", ""),
-        }
-        method = str(environ.get("REQUEST_METHOD", "GET"))
-        try:
-            length = admit(method, headers, self.webhook.max_body_bytes)
-            body = read_body(environ["wsgi.input"].read, length) if length else b""
-        except WebhookError as exc:
-            reply = self._refused(exc)
-        else:
-            reply = self.respond(method, str(environ.get("QUERY_STRING", "")), headers, body)
-        start_response(f"{reply.status} {reply.reason}", reply.headers())
-        return [reply.body]
-
-    def respond(
-        self, method: str, query: str, headers: Mapping[str, str], body: bytes
-    ) -> HttpReply:
-        """Answer one admitted request (see ``webhook_http.admit``); headers in lower case."""
-        return run_sync(self._request_op(method, query, headers, body), self._execute)
-
-    async def respond_async(
-        self, method: str, query: str, headers: Mapping[str, str], body: bytes
-    ) -> HttpReply:
-        """``respond`` on the running event loop (the ASGI app's answer)."""
-        return await run_async(self._request_op(method, query, headers, body), self._execute_async)
-
-    @property
-    def asgi(self) -> WhatsAppASGI:
-        """This bot as an ASGI app (FastAPI/Starlette ``app.mount(path, bot.asgi)``, uvicorn)."""
-        if self._asgi is None:
-            self._asgi = WhatsAppASGI(self)
-        return self._asgi
+        super().__init__(orchestrator, retention=retention, keep_failures=keep_failures, mode=mode)
 
     @property
     def max_body_bytes(self) -> int:
@@ -283,11 +187,6 @@ class WhatsAppBot:
 
     def __repr__(self) -> str:
         return f"WhatsAppBot({self.webhook!r})"
-
-    @staticmethod
-    def _refused(exc: WebhookError) -> HttpReply:
-        log.warning("webhook request refused (%d): %s", exc.status, exc)
-        return reply_for_error(exc)
 
     # -- processing -------------------------------------------------------------------------
     def handle(self, batch: WebhookBatch) -> tuple[int, str]:
@@ -311,6 +210,8 @@ class WhatsAppBot:
             return self._refused(exc)
         return HttpReply(*(yield from self._batch_op(batch)))
 
+    # Every decision of a POST (order, keys, what a failure means, when to stop) is here, once;
+    # WSGI, ASGI and ``handle`` only drive it.
     def _batch_op(self, batch: WebhookBatch) -> Op[tuple[int, str]]:
         for skipped in batch.skipped:
             log.warning(
@@ -325,13 +226,12 @@ class WhatsAppBot:
             if self.on_status is not None and self._ours(status.phone_number_id):
                 key = claim_key(status.phone_number_id, status.message_id, status.status)
                 claimed = yield from self._claim_op(key, status.message_id)
-                if claimed is None:
+                if claimed == "retry":
                     return _RETRY_REPLY
-                if claimed:
-                    try:
-                        yield _Report(status)
-                    except Exception:
-                        log.exception("on_status failed for %s", status.message_id)
+                if claimed == "run":
+                    yield from self._callback_op(
+                        self.on_status, status, "on_status", status.message_id
+                    )
         messages = sorted(
             (m for m in batch.messages if self._ours(m.phone_number_id)),
             key=lambda m: m.timestamp,
@@ -341,15 +241,20 @@ class WhatsAppBot:
         for message in messages:
             key = claim_key(message.phone_number_id, message.id)
             claimed = yield from self._claim_op(key, message.id, message.chat_id)
-            if claimed is None:
+            if claimed == "retry":
                 return _RETRY_REPLY
-            if claimed and not (yield from self._turn_op(message, key)):
+            if claimed != "run":
+                continue  # a duplicate, or a key the store refused (kept in failures)
+            turn = _Turn(message.chat_id, message.user_input, message)
+            if not (yield from self._turn_op(turn, key, message.id)):
                 # The batch's later messages stay unclaimed: a chat's messages keep their order.
                 return _RETRY_REPLY
         return 200, "OK"
 
     def _enqueue_op(self, messages: list[InboundMessage]) -> Op[tuple[int, str]]:
-        """Queue mode: store each chat's messages, in order; 503 if the store cannot."""
+        """Queue mode: store each chat's messages, in order; 503 if the store cannot.
+
+        No claim: the inbox itself keeps each key once (a redelivery adds nothing)."""
         by_chat: dict[str, list[Event]] = {}
         for message in messages:
             try:
@@ -361,113 +266,25 @@ class WhatsAppBot:
                 continue
             by_chat.setdefault(event.chat_id, []).append(event)
         for events in by_chat.values():
-            try:
-                added = yield _Enqueue(events)
-            except Exception as exc:  # the store is down: Meta must redeliver, never lose it
-                log.error("cannot store WhatsApp messages (%s); asking Meta to retry", exc)
+            added = yield from self._store_op(events)
+            if added is None:
                 return _RETRY_REPLY
-            with self._lock:
-                self.turns += sum(1 for new in added if new)
+            self._count(sum(1 for new in added if new))
         return 200, "OK"
-
-    def _claim_op(self, key: str, message_id: str, chat_id: str = "") -> Op[bool | None]:
-        """True: ours to run; False: a duplicate or a refused key; None: retry later (503)."""
-        try:
-            return bool((yield _Claim(key)))
-        except StateManagerError as exc:
-            log.error("cannot record message ids (%s); asking Meta to retry", exc)
-            return None
-        except (ChatOrchestratorError, ValueError) as exc:
-            # The store refuses the key itself (a custom manager's rule): retrying cannot help.
-            log.warning(
-                "skipped WhatsApp event %s: its claim key was refused (%s)", message_id, exc
-            )
-            self.failures.append(TurnFailure(message_id, chat_id, f"claim key refused: {exc}"))
-            return False
-
-    def _turn_op(self, message: InboundMessage, key: str) -> Op[bool]:
-        """Run one message's turn; False when the batch must stop and answer 503."""
-        try:
-            yield _Turn(message)
-        except _RETRY_LATER as exc:
-            # Not the step's fault: give the claim back so Meta's redelivery runs the message.
-            log.warning(
-                "turn for WhatsApp message %s deferred (%s); asking Meta to retry", message.id, exc
-            )
-            try:
-                yield _Release(key)
-            except StateManagerError as release_failed:
-                log.error("could not give back the claim of %s: %s", message.id, release_failed)
-            return False
-        except Exception as exc:
-            log.exception("turn failed for WhatsApp message %s", message.id)
-            self.failures.append(
-                TurnFailure(message.id, message.chat_id, f"{type(exc).__name__}: {exc}")
-            )
-            return True
-        with self._lock:
-            self.turns += 1
-        return True
 
     def _ours(self, phone_number_id: str | None) -> bool:
         return self.phone_number_id is None or phone_number_id == self.phone_number_id
 
-    # -- the two drivers: the only place sync and async differ ------------------------------
-    def _execute(self, command: object) -> object:
-        if type(command) is _Enqueue:
-            assert self._inbox is not None
-            return self._inbox.add(command.events, self.retention)
-        if type(command) is _Claim:
-            return require_sync(self.orchestrator.state_manager).claim(command.key, self.retention)
-        if type(command) is _Release:
-            require_sync(self.orchestrator.state_manager).release_claim(command.key)
-            return None
-        if type(command) is _Turn:
-            token = _current.set(command.message)
-            try:
-                message = command.message
-                return self.orchestrator.handle_message(message.chat_id, message.user_input)
-            finally:
-                _current.reset(token)
-        assert type(command) is _Report
-        assert self.on_status is not None
-        result = self.on_status(command.status)
-        if inspect.isawaitable(result):  # an async callback on the sync path: run it here
-            _run_awaitable(result)
-        return None
-
-    async def _execute_async(self, command: object) -> object:
-        manager = self.orchestrator.state_manager
-        if type(command) is _Enqueue:
-            assert self._inbox is not None
-            return await self._inbox.add_async(command.events, self.retention)
-        if type(command) is _Claim:
-            return await manager.claim_async(command.key, self.retention)
-        if type(command) is _Release:
-            await manager.release_claim_async(command.key)
-            return None
-        if type(command) is _Turn:
-            # Set in this task's context: async steps see it, and sync steps too (to_thread
-            # copies the context into the worker thread).
-            token = _current.set(command.message)
-            try:
-                message = command.message
-                return await self.orchestrator.handle_message_async(
-                    message.chat_id, message.user_input
-                )
-            finally:
-                _current.reset(token)
-        assert type(command) is _Report
-        assert self.on_status is not None
-        result = self.on_status(command.status)
-        if inspect.isawaitable(result):
-            await result
-        return None
+    def _turn_scope(self, turn: _Turn) -> contextlib.AbstractContextManager[object]:
+        assert isinstance(turn.inbound, InboundMessage)
+        return _handling(turn.inbound)
 
 
-async def _await(awaitable: Awaitable[object]) -> object:
-    return await awaitable
-
-
-def _run_awaitable(awaitable: Awaitable[object]) -> None:
-    asyncio.run(_await(awaitable))
+@contextlib.contextmanager
+def _handling(message: InboundMessage) -> Iterator[None]:
+    """``inbound_message()`` is ``message`` for the turn (set in the driver's own context)."""
+    token = _current.set(message)
+    try:
+        yield
+    finally:
+        _current.reset(token)
