@@ -108,7 +108,6 @@ from tests.state_managers.test_leases import build, scaled
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
 from chat_orchestrator.state_managers.postgres import PostgresStateManager
-from chat_orchestrator.state_managers.postgres import PostgresStateManager
 from chat_orchestrator.state_managers.redis import RedisStateManager
 from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
 from chat_orchestrator.testing import RecordingSender
