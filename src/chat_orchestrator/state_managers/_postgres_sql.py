@@ -11,8 +11,14 @@ Layout (version 1):
 * ``<prefix>chats``: one row per chat: ``id`` (text, the primary key), ``state``,
   ``context`` (JSON text, not jsonb: jsonb would reorder keys and refuse ``\\u0000``),
   ``version`` (0 = a lease-only row for a chat whose first turn runs), ``updated`` (server
-  epoch ms), ``lease_token`` and ``lease_until`` (server epoch ms; 0 = free);
-* ``<prefix>claims``: once-only markers (``key``, ``until``), indexed by deadline for the sweep;
+  epoch ms), ``lease_token`` and ``lease_until`` (server epoch ms; 0 = free), ``writer``
+  (the token of the last write);
+* ``<prefix>claims``: once-only markers (``key``, ``until``, the claimer's ``token``),
+  indexed by deadline for the sweep;
+
+Every statement is safe to repeat after a reply lost with its connection (a killed backend, a
+restart): the lease and the claim treat "already mine" as success, and a write recognises
+its own completed write by the writer token it stored.
 * ``<prefix>schema_version``: one row, the number of migration steps applied.
 
 Time is always the server's clock (``NOW_MS``), so leases compare correctly across machines
@@ -104,9 +110,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             version bigint NOT NULL,
             updated bigint NOT NULL,
             lease_token text,
-            lease_until bigint NOT NULL DEFAULT 0
+            lease_until bigint NOT NULL DEFAULT 0,
+            writer text
         )""",
-        "CREATE TABLE IF NOT EXISTS {claims} (key text PRIMARY KEY, until bigint NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS {claims} (
+            key text PRIMARY KEY, until bigint NOT NULL, token text
+        )""",
         "CREATE INDEX IF NOT EXISTS {claims_index} ON {claims} (until)",
     ),
 )
@@ -139,38 +148,40 @@ class Statements:
         # id -> (state, context, version)
         self.load = f("SELECT state, context, version FROM {chats} WHERE id = %s AND version > 0")
 
-        # The three conditional writes return (new version or NULL, version found, token
-        # found): the outer SELECT sees the row as it was before the write, so a refused
-        # write explains itself in the same round trip.
-        # state, context, id, expected, token, id: a turn's write, dropping its lease.
+        # The three conditional writes return (new version or NULL, version found, lease
+        # token found, writer found): the outer SELECT sees the row as it was before the
+        # write, so a refused write explains itself in the same round trip (and a repeated
+        # one finds its own writer token).
+        # state, context, writer, id, expected, token, id: a turn's write, dropping its lease.
         self.write_in_turn = f(f"""
             WITH w AS (
                 UPDATE {{chats}} SET state = %s, context = %s, version = version + 1,
-                       updated = {NOW_MS}, lease_token = NULL, lease_until = 0
+                       updated = {NOW_MS}, lease_token = NULL, lease_until = 0, writer = %s
                 WHERE id = %s AND version = %s AND lease_token = %s
                 RETURNING version)
-            SELECT (SELECT version FROM w), c.version, c.lease_token
+            SELECT (SELECT version FROM w), c.version, c.lease_token, c.writer
             FROM (SELECT 1) AS one LEFT JOIN {{chats}} AS c ON c.id = %s""")
-        # state, context, id, expected (> 0), id: a conditional write outside a turn.
+        # state, context, writer, id, expected (> 0), id: a conditional write outside a turn.
         self.write_existing = f(f"""
             WITH w AS (
                 UPDATE {{chats}} SET state = %s, context = %s, version = version + 1,
-                       updated = {NOW_MS}
+                       updated = {NOW_MS}, writer = %s
                 WHERE id = %s AND version = %s
                 RETURNING version)
-            SELECT (SELECT version FROM w), c.version, c.lease_token
+            SELECT (SELECT version FROM w), c.version, c.lease_token, c.writer
             FROM (SELECT 1) AS one LEFT JOIN {{chats}} AS c ON c.id = %s""")
-        # id, state, context, id: a conditional write of a new chat (expected 0); a
+        # id, state, context, writer, id: a conditional write of a new chat (expected 0); a
         # lease-only row counts as no record, as it does for load().
         self.write_new = f(f"""
             WITH w AS (
-                INSERT INTO {{chats}} AS c (id, state, context, version, updated)
-                VALUES (%s, %s, %s, 1, {NOW_MS})
+                INSERT INTO {{chats}} AS c (id, state, context, version, updated, writer)
+                VALUES (%s, %s, %s, 1, {NOW_MS}, %s)
                 ON CONFLICT (id) DO UPDATE SET state = excluded.state,
-                    context = excluded.context, version = 1, updated = excluded.updated
+                    context = excluded.context, version = 1, updated = excluded.updated,
+                    writer = excluded.writer
                 WHERE c.version = 0
                 RETURNING version)
-            SELECT (SELECT version FROM w), c.version, c.lease_token
+            SELECT (SELECT version FROM w), c.version, c.lease_token, c.writer
             FROM (SELECT 1) AS one LEFT JOIN {{chats}} AS c ON c.id = %s""")
 
         # id, state, context: the seed method's unconditional write (still bumps the version).
@@ -196,11 +207,12 @@ class Statements:
             UPDATE {chats} SET lease_token = NULL, lease_until = 0
             WHERE id = %s AND lease_token = %s AND version > 0""")
 
-        # key, ttl ms -> a row if this call claimed the key (new, or the old claim expired).
+        # key, ttl ms, token -> a row if this call claimed the key (new, expired, or already
+        # claimed by this very call before a lost reply).
         self.claim = f(f"""
-            INSERT INTO {{claims}} AS m (key, until) VALUES (%s, {NOW_MS} + %s)
-            ON CONFLICT (key) DO UPDATE SET until = excluded.until
-            WHERE m.until <= {NOW_MS}
+            INSERT INTO {{claims}} AS m (key, until, token) VALUES (%s, {NOW_MS} + %s, %s)
+            ON CONFLICT (key) DO UPDATE SET until = excluded.until, token = excluded.token
+            WHERE m.until <= {NOW_MS} OR m.token = excluded.token
             RETURNING 1""")
         # key
         self.release_claim = f("DELETE FROM {claims} WHERE key = %s")

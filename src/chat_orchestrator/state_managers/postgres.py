@@ -45,6 +45,7 @@ from chat_orchestrator.state_managers._leased import (
     DEFAULT_LOCK_TIMEOUT,
     LeasedStateManager,
     check_lease_settings,
+    new_token,
 )
 from chat_orchestrator.state_managers.base import (
     ChatInfo,
@@ -213,12 +214,14 @@ class PostgresStateManager(LeasedStateManager):
 
     # -- plumbing: every statement goes through here -------------------------------------------
     def _query(
-        self, what: str, name: str | None, command: Command, *, retry: bool = False
+        self, what: str, name: str | None, command: Command, *, retry: bool = True
     ) -> Op[Any]:
         """Run ``command`` (after the set-up, the first time), errors of our tree.
 
-        ``retry``: the statement is safe to repeat, so a connection that broke under it (a
-        restarted server, a killed backend) is replaced and the statement sent once more.
+        ``retry``: the statement is safe to repeat (all of ours are), so a connection that
+        broke under it (a restarted server, a killed backend) is replaced and the statement
+        sent once more. A failure to get a connection at all is never retried here: it
+        already waited ``connect_timeout``.
         """
         if not self._ready:
             yield from self._guarded(
@@ -228,7 +231,7 @@ class PostgresStateManager(LeasedStateManager):
         return (yield from self._guarded(what, name, command, retry=retry))
 
     def _guarded(
-        self, what: str, name: str | None, command: Command, *, retry: bool = False
+        self, what: str, name: str | None, command: Command, *, retry: bool = True
     ) -> Op[Any]:
         while True:
             try:
@@ -332,7 +335,8 @@ class PostgresStateManager(LeasedStateManager):
         _no_nul(chat_id, "chat id", InvalidChatIdError)
         _no_nul(state_id, "state id", InvalidStateIdError)
         command = Command(self._sql.set, (chat_id, state_id, text), "rowcount")
-        yield from self._query("write chat", chat_id, command)
+        # Repeating it bumps the version once more: harmless for an unconditional write.
+        yield from self._query("write chat", chat_id, command, retry=True)
 
     def _delete_op(self, chat_id: str) -> Op[None]:
         _no_nul(chat_id, "chat id", InvalidChatIdError)
@@ -352,20 +356,24 @@ class PostgresStateManager(LeasedStateManager):
     ) -> Op[int]:
         _no_nul(chat_id, "chat id", InvalidChatIdError)
         _no_nul(state_id, "state id", InvalidStateIdError)
+        writer = token or new_token()
         if token is not None:
-            params: tuple[Any, ...] = (state_id, text, chat_id, expected, token, chat_id)
+            params: tuple[Any, ...] = (state_id, text, writer, chat_id, expected, token, chat_id)
             statement = self._sql.write_in_turn
         elif expected:
-            params = (state_id, text, chat_id, expected, chat_id)
+            params = (state_id, text, writer, chat_id, expected, chat_id)
             statement = self._sql.write_existing
         else:
-            params = (chat_id, state_id, text, chat_id)
+            params = (chat_id, state_id, text, writer, chat_id)
             statement = self._sql.write_new
-        rows = yield from self._query("write chat", chat_id, Command(statement, params))
-        written, found, holder = rows[0]
+        command = Command(statement, params)
+        rows = yield from self._query("write chat", chat_id, command, retry=True)
+        written, found, holder, last_writer = rows[0]
         if written is not None:
             return int(written)
         found = 0 if found is None else int(found)
+        if last_writer == writer and found == expected + 1:
+            return found  # repeated after a lost reply: the first try had written it
         detail = (
             "another worker took its lease"
             if token is not None and found == expected and holder != token
@@ -382,7 +390,8 @@ class PostgresStateManager(LeasedStateManager):
         are swept every ``SWEEP_EVERY`` claims, so the table stays small."""
         _no_nul(key, "claim key", InvalidClaimKeyError)
         ttl_ms = max(1, int(ttl * 1000))
-        rows = yield from self._query("claim key", key, Command(self._sql.claim, (key, ttl_ms)))
+        command = Command(self._sql.claim, (key, ttl_ms, new_token()))
+        rows = yield from self._query("claim key", key, command, retry=True)
         self._claims_since_sweep += 1  # racy across threads: only paces the sweep
         if self._claims_since_sweep >= SWEEP_EVERY:
             self._claims_since_sweep = 0
