@@ -31,6 +31,7 @@ from chat_orchestrator._cli_chats import (
     run_chats_command,
     store_argument,
 )
+from chat_orchestrator._cli_store import add_store_command
 from chat_orchestrator.conversation import Conversation
 from chat_orchestrator.errors import ChatOrchestratorError, InvalidChatIdError
 from chat_orchestrator.orchestrator import ChatOrchestrator
@@ -288,6 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     store_argument(run)
     add_chats_command(commands)
+    add_store_command(commands)
     graph = commands.add_parser("graph", help="print the flow's Mermaid state diagram")
     graph.add_argument("target", help="file.py:name or module:name")
     graph.add_argument("-o", "--output", metavar="FILE", help="write the diagram to FILE")

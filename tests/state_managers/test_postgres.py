@@ -407,3 +407,19 @@ def test_move_from_sqlite_to_postgres_and_back_byte_identical(
 def test_store_url_errors_are_ours() -> None:
     with pytest.raises(StoreURLError):
         open_store("postgresql://u:pw@127.0.0.1:1/db?lock_lease=abc")
+
+
+def test_cli_store_init_creates_the_tables_idempotently(
+    url: str, postgres_schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chat_orchestrator.cli import main
+
+    target = f"{url}?schema={postgres_schema}&table_prefix=cli_"
+    for _ in range(2):
+        assert main(["store", "init", "--store", target]) == 0
+        out = capsys.readouterr().out
+        assert f"schema version {len(sql.MIGRATIONS)}" in out
+        assert POSTGRES_PASSWORD not in out
+    assert {"cli_chats", "cli_claims", "cli_schema_version"} <= tables(url, postgres_schema)
+    assert main(["store", "init", "--store", "memory:"]) == 0
+    assert "nothing to set up" in capsys.readouterr().out

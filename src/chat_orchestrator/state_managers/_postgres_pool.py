@@ -94,12 +94,27 @@ class Health:
 
     def __init__(self) -> None:
         self.error: str | None = None
+        self.connected = False  # once a connection succeeded, waits need no slicing
 
     def failed(self, exc: BaseException) -> None:
         self.error = type(exc).__name__
 
     def ok(self) -> None:
         self.error = None
+        self.connected = True
+
+    def slice(self, remaining: float) -> float:
+        """How long one wait for a connection may last before looking at the outcome of the
+        pool's last connection attempt: short until a connection succeeded or while the
+        last attempt failed, else the whole wait (a sliced wait loses its place in the
+        pool's queue of waiting clients)."""
+        if self.error is not None or not self.connected:
+            return min(_SLICE, remaining)
+        return remaining
+
+
+def _slice(health: Health | None, remaining: float) -> float:
+    return max(0.001, remaining if health is None else health.slice(remaining))
 
 
 def _tracked_class(health: Health) -> type[psycopg.Connection[Any]]:
@@ -188,7 +203,7 @@ class SyncPool:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                return self.pool.getconn(timeout=max(0.001, min(_SLICE, remaining)))
+                return self.pool.getconn(timeout=_slice(self.health, remaining))
             except PoolTimeout:
                 error = None if self.health is None else self.health.error
                 if error is not None:
@@ -268,7 +283,7 @@ class AsyncPools:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                conn = await pool.getconn(timeout=max(0.001, min(_SLICE, remaining)))
+                conn = await pool.getconn(timeout=_slice(health, remaining))
                 break
             except PoolTimeout:
                 error = None if health is None else health.error
