@@ -222,7 +222,11 @@ class PostgresServer:
         command = [str(self.bin / args[0]), *args[1:]]
         if self.user is not None:
             command = ["runuser", "-u", self.user, "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        # cwd: the server's own directory. CI's clone sits in a 0700 root directory, which the
+        # unprivileged user could not even stand in.
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=self.directory
+        )
         if result.returncode != 0:
             raise RuntimeError(f"{args[0]} failed: {result.stdout}\n{result.stderr}")
 
