@@ -146,7 +146,7 @@ def test_store_from_the_environment_and_command_line_mistakes(
     )
     assert code in {1, 2}
     assert SECRET not in err
-    code, _, err = chats("list", "--store", "postgresql://db/x", capsys=capsys)
+    code, _, err = chats("list", "--store", "cassandra://db/x", capsys=capsys)
     assert code == 2
     assert "unknown scheme" in err
     url = f"sqlite:///{tmp_path}/env.db"

@@ -59,6 +59,8 @@ def test_every_error_of_the_tree_is_exported() -> None:
     [
         ("chat_orchestrator.state_managers", "RedisStateManager", "redis", "redis"),
         ("chat_orchestrator.state_managers", "MongoDBStateManager", "pymongo", "mongo"),
+        ("chat_orchestrator.state_managers", "PostgresStateManager", "psycopg", "postgres"),
+        ("chat_orchestrator", "PostgresStateManager", "psycopg_pool", "postgres"),
         ("chat_orchestrator.senders", "WhatsAppSender", "httpx", "whatsapp"),
         ("chat_orchestrator.senders", "AsyncWhatsAppSender", "httpx", "whatsapp"),
         ("chat_orchestrator", "RedisStateManager", "redis", "redis"),
@@ -101,6 +103,10 @@ def test_optional_names_resolve_when_the_extra_is_installed() -> None:
     assert WhatsAppBot is LongBot
     assert RedisStateManager is LongRedis
     assert MongoDBStateManager is LongMongo
+    from chat_orchestrator import PostgresStateManager
+    from chat_orchestrator.state_managers.postgres import PostgresStateManager as LongPostgres
+
+    assert PostgresStateManager is LongPostgres
     assert "RedisStateManager" in dir(chat_orchestrator.state_managers)
     with pytest.raises(ImportError):
         exec("from chat_orchestrator.state_managers import NoSuchManager")  # noqa: S102

@@ -85,7 +85,7 @@ def test_redis_cluster_url(tmp_path: Path) -> None:
     [
         ("chats.db", "no scheme"),
         ("", "no scheme"),
-        ("postgresql://db/chats", "unknown scheme 'postgresql'"),
+        ("cassandra://db/chats", "unknown scheme 'cassandra'"),
         ("memory:extra", "nothing after"),
         ("file://host/dir", "a host is not allowed"),
         ("file:relative/dir", "absolute directory"),

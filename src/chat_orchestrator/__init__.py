@@ -3,10 +3,11 @@
 Everything public is one import away: ``from chat_orchestrator import Conversation, Turn,
 state, ChatOrchestrator, ConversationTester, RecordingSender``. The pieces that need an
 optional driver are imported on first use, here and from their packages:
-``RedisStateManager`` (extra ``redis``), ``MongoDBStateManager`` (extra ``mongo``) and
-``WhatsAppSender`` (extra ``whatsapp``); without the driver that first use raises
-MissingDependencyError naming the extra. The WhatsApp webhook pieces (``WhatsAppBot``,
-``WhatsAppWebhook``, ``inbound_message``) need no driver and load on first use too.
+``RedisStateManager`` (extra ``redis``), ``MongoDBStateManager`` (extra ``mongo``),
+``PostgresStateManager`` (extra ``postgres``) and ``WhatsAppSender`` (extra ``whatsapp``);
+without the driver that first use raises MissingDependencyError naming the extra. The
+WhatsApp webhook pieces (``WhatsAppBot``, ``WhatsAppWebhook``, ``inbound_message``) need no
+driver and load on first use too.
 """
 
 from typing import TYPE_CHECKING
@@ -93,6 +94,9 @@ if TYPE_CHECKING:
         AsyncWhatsAppSender as AsyncWhatsAppSender,
     )
     from chat_orchestrator.state_managers.mongodb import MongoDBStateManager as MongoDBStateManager
+    from chat_orchestrator.state_managers.postgres import (
+        PostgresStateManager as PostgresStateManager,
+    )
     from chat_orchestrator.state_managers.redis import RedisStateManager as RedisStateManager
 
 __version__ = "0.1.0"
@@ -165,6 +169,7 @@ __all__ = [
 OPTIONAL = {
     "ChannelEvent": "chat_orchestrator.channels.events",
     "MongoDBStateManager": "chat_orchestrator.state_managers.mongodb",
+    "PostgresStateManager": "chat_orchestrator.state_managers.postgres",
     "RedisStateManager": "chat_orchestrator.state_managers.redis",
     "WhatsAppBot": "chat_orchestrator.channels",
     "Worker": "chat_orchestrator.pipeline.worker",

@@ -55,7 +55,7 @@ def store_argument(parser: argparse.ArgumentParser) -> None:
         "--store",
         metavar="URL",
         help=f"the store's URL (memory:, file:///dir, sqlite:///chats.db, redis://, "
-        f"mongodb://...); default: ${STORE_VARIABLE}",
+        f"mongodb://, postgresql://...); default: ${STORE_VARIABLE}",
     )
 
 

@@ -35,6 +35,7 @@ from chat_orchestrator._cli_chats import (
 )
 from chat_orchestrator._cli_pipeline import add_pipeline_commands
 from chat_orchestrator._cli_telegram import add_telegram_command
+from chat_orchestrator._cli_store import add_store_command
 from chat_orchestrator.conversation import Conversation
 from chat_orchestrator.errors import ChatOrchestratorError, InvalidChatIdError
 from chat_orchestrator.orchestrator import ChatOrchestrator
@@ -294,6 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     add_chats_command(commands)
     add_pipeline_commands(commands)
     add_telegram_command(commands)
+    add_store_command(commands)
     graph = commands.add_parser("graph", help="print the flow's Mermaid state diagram")
     graph.add_argument("target", help="file.py:name or module:name")
     graph.add_argument("-o", "--output", metavar="FILE", help="write the diagram to FILE")

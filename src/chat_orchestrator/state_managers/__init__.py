@@ -1,8 +1,9 @@
 """State managers: where each chat's state id, context and version live.
 
-``RedisStateManager`` (extra ``redis``) and ``MongoDBStateManager`` (extra ``mongo``) are
-imported on first use, so importing this package never needs a driver; without the driver
-that first use raises MissingDependencyError naming the extra.
+``RedisStateManager`` (extra ``redis``), ``MongoDBStateManager`` (extra ``mongo``) and
+``PostgresStateManager`` (extra ``postgres``) are imported on first use, so importing this
+package never needs a driver; without the driver that first use raises MissingDependencyError
+naming the extra.
 """
 
 from typing import TYPE_CHECKING
@@ -23,6 +24,9 @@ from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
 
 if TYPE_CHECKING:
     from chat_orchestrator.state_managers.mongodb import MongoDBStateManager as MongoDBStateManager
+    from chat_orchestrator.state_managers.postgres import (
+        PostgresStateManager as PostgresStateManager,
+    )
     from chat_orchestrator.state_managers.redis import RedisStateManager as RedisStateManager
 
 __all__ = [
@@ -42,6 +46,7 @@ __all__ = [
 #: Names whose module needs an optional driver, by module.
 OPTIONAL = {
     "MongoDBStateManager": "chat_orchestrator.state_managers.mongodb",
+    "PostgresStateManager": "chat_orchestrator.state_managers.postgres",
     "RedisStateManager": "chat_orchestrator.state_managers.redis",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, OPTIONAL, __all__)
