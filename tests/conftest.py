@@ -18,11 +18,11 @@ from chat_orchestrator.state_managers.file import FileStateManager
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 from chat_orchestrator.testing import RecordingSender
 from tests.helpers import DictSeedManager
-from tests.servers import NxServer, RedisServer
+from tests.servers import NxServer, PostgresServer, RedisServer
 
 ManagerFactory = Callable[[], StateManager]
 
-BACKENDS = ["memory", "file", "seed", "sqlite", "redis", "mongo"]
+BACKENDS = ["memory", "file", "seed", "sqlite", "redis", "mongo", "postgres"]
 if os.environ.get("MONGODB_URI"):
     BACKENDS.append("mongo-real")
 
@@ -41,6 +41,24 @@ def nx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NxServer]:
     server = NxServer(tmp_path_factory.mktemp("nx")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer().init()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def postgres_schema(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh schema on the test server for one test (dropped after it)."""
+    import psycopg
+
+    schema = f"t{os.getpid()}_{next(_unique)}"
+    yield schema
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture
@@ -81,6 +99,20 @@ def manager_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 
         url = request.getfixturevalue("redis_url")
         yield lambda: RedisStateManager(url=url, lock_lease=5)
+    elif kind == "postgres":
+        from chat_orchestrator.state_managers.postgres import PostgresStateManager
+
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        schema = request.getfixturevalue("postgres_schema")
+        built: list[PostgresStateManager] = []
+
+        def build() -> PostgresStateManager:
+            built.append(PostgresStateManager(server.url, schema=schema, lock_lease=5))
+            return built[-1]
+
+        yield build
+        for one in built:
+            one.close()
     else:
         from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
 

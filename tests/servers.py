@@ -6,6 +6,7 @@ missing server fails the run: a skipped test is not a passed test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -167,3 +168,134 @@ class NxServer:
         if self.proc is not None:
             stop(self.proc)
             self.proc = None
+
+
+#: The superuser password of the PostgreSQL servers the tests start (password auth on TCP,
+#: so the credential tests see a real password in the URL).
+POSTGRES_PASSWORD = "s3cret-Pg-pw"
+
+
+def postgres_binaries() -> Path | None:
+    """The directory with initdb and pg_ctl: Debian's /usr/lib/postgresql/<v>/bin, newest
+    first, else wherever PATH has them."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    for directory in found:
+        if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
+            return directory
+    initdb = shutil.which("initdb")
+    if initdb and shutil.which("pg_ctl"):
+        return Path(initdb).resolve().parent
+    return None
+
+
+def postgres_env_url() -> str | None:
+    """An existing server named by the environment (never the machine's own on 5432)."""
+    return os.environ.get("POSTGRES_URL") or os.environ.get("CHAT_PG_URL")
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster of its own in a temporary directory, on a free loopback port.
+
+    PostgreSQL refuses to run as root: as root, the cluster belongs to ``nobody`` and every
+    server command runs through ``runuser``. ``stop()``/``start()`` keep port and data.
+    """
+
+    port: int = field(default_factory=free_port)
+    directory: Path | None = None
+    bin: Path | None = None
+    user: str | None = None
+    external: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self.external is not None:
+            return self.external
+        return f"postgresql://postgres:{POSTGRES_PASSWORD}@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, timeout: float = 120) -> None:
+        assert self.bin is not None
+        command = [str(self.bin / args[0]), *args[1:]]
+        if self.user is not None:
+            command = ["runuser", "-u", self.user, "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {result.stdout}\n{result.stderr}")
+
+    def init(self) -> PostgresServer:
+        external = postgres_env_url()
+        if external:
+            self.external = external
+            return self
+        self.bin = postgres_binaries()
+        if self.bin is None:
+            reason = "PostgreSQL is not installed (Debian: apt-get install postgresql)"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"CI=true and {reason}")
+            pytest.skip(reason)
+        import tempfile
+
+        # Not under pytest's tmp dir: that is 0700 root's, and the server runs as nobody.
+        self.directory = Path(tempfile.mkdtemp(prefix="chat-pg-"))
+        (self.directory / "sock").mkdir()
+        pwfile = self.directory / "pw"
+        pwfile.write_text(POSTGRES_PASSWORD + "\n")
+        if os.geteuid() == 0:
+            self.user = "nobody"
+            for path in [self.directory, self.directory / "sock", pwfile]:
+                os.chown(path, 65534, 65534)
+        self._run(
+            "initdb",
+            "-D",
+            str(self.directory / "data"),
+            "-U",
+            "postgres",
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        return self.start()
+
+    def start(self) -> PostgresServer:
+        if self.external is not None:
+            return self
+        assert self.directory is not None
+        options = (
+            f"-p {self.port} -k {self.directory / 'sock'} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.directory / "data"),
+            "-o",
+            options,
+            "-l",
+            str(self.directory / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.external is not None or self.directory is None:
+            return
+        self._run("pg_ctl", "-D", str(self.directory / "data"), "-m", mode, "-w", "stop")
+
+    def destroy(self) -> None:
+        if self.external is not None or self.directory is None:
+            return
+        with contextlib.suppress(RuntimeError):  # already stopped
+            self.stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)

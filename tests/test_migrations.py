@@ -376,9 +376,18 @@ def test_migrate_counts_reports_failures_untouched_and_is_restartable(tmp_path: 
     assert (again.migrated, again.current, len(again.failed)) == (0, 4, 1)
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_a_turn_committed_during_migrate_is_never_lost(kind: str, tmp_path: Path) -> None:
-    manager: StateManager = InMemoryStateManager() if kind == "memory" else sqlite(tmp_path)
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres"])
+def test_a_turn_committed_during_migrate_is_never_lost(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    manager: StateManager
+    if kind == "postgres":
+        from chat_orchestrator.state_managers.postgres import PostgresStateManager
+
+        url = request.getfixturevalue("postgres_server").url
+        manager = PostgresStateManager(url, schema=request.getfixturevalue("postgres_schema"))
+    else:
+        manager = InMemoryStateManager() if kind == "memory" else sqlite(tmp_path)
     v1_record(manager, "c1", visit_count=10)
     shop = ShopV3(manager, RecordingSender())
     # The migrator has read c1 (v1) and is migrating it when a turn on c1 commits.

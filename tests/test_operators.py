@@ -27,9 +27,9 @@ from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
 from chat_orchestrator.testing import RecordingSender
 from tests.helpers import DictSeedManager, counter_orchestrator
-from tests.servers import NxServer, RedisServer, create_cluster
+from tests.servers import NxServer, PostgresServer, RedisServer, create_cluster
 
-KINDS = ["memory", "file", "sqlite", "redis", "mongo"]
+KINDS = ["memory", "file", "sqlite", "redis", "mongo", "postgres"]
 HOSTILE = ["plain", "a\x00b", "{tag}:s:x", "*?[]\\", "../../etc/passwd", '{"$ne": null}', "é🙂"]
 #: A context whose JSON text must survive every store byte for byte.
 TRICKY: dict[str, Any] = {
@@ -43,6 +43,11 @@ TRICKY: dict[str, Any] = {
 _unique = itertools.count()
 
 
+def _hostile(store: StateManager) -> list[str]:
+    """HOSTILE, with a control character for NUL in a store that refuses NUL (PostgreSQL)."""
+    return [i if store.stores_nul else i.replace("\x00", "\x01") for i in HOSTILE]
+
+
 def _open(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> StateManager:
     if kind == "memory":
         return InMemoryStateManager()
@@ -54,11 +59,19 @@ def _open(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> StateMan
         from chat_orchestrator.state_managers.redis import RedisStateManager
 
         return RedisStateManager(url=request.getfixturevalue("redis_url"), lock_lease=5)
+    if kind == "postgres":
+        from chat_orchestrator.state_managers.postgres import PostgresStateManager
+
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        schema = request.getfixturevalue("postgres_schema")
+        return PostgresStateManager(
+            server.url, schema=schema, table_prefix=f"p{next(_unique)}_", lock_lease=5
+        )
     from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
 
-    server: NxServer = request.getfixturevalue("nx_server")
+    nx: NxServer = request.getfixturevalue("nx_server")
     database = f"ops_{os.getpid()}_{next(_unique)}"
-    return MongoDBStateManager(server.uri, database=database, lock_lease=5)
+    return MongoDBStateManager(nx.uri, database=database, lock_lease=5)
 
 
 @pytest.fixture(params=KINDS)
@@ -76,18 +89,19 @@ def _put(store: StateManager, chat_id: str, state_id: str, context: dict[str, An
 
 def test_iter_chats_lists_every_chat_with_state_version_and_time(store: StateManager) -> None:
     before = time.time() - 1
-    for number, chat_id in enumerate(HOSTILE):
+    ids = _hostile(store)
+    for number, chat_id in enumerate(ids):
         _put(store, chat_id, "even" if number % 2 == 0 else "odd", {"n": number})
     _put(store, "plain", "even", {"n": 99})  # version 2
     listed = {info.chat_id: info for info in store.iter_chats()}
-    assert set(listed) == set(HOSTILE)
+    assert set(listed) == set(ids)
     assert listed["plain"].version == 2
-    assert listed["a\x00b"].state_id == "odd"
+    assert listed[ids[1]].state_id == "odd"
     for info in listed.values():
         assert info.updated_at is not None
         assert before <= info.updated_at <= time.time() + 1
     evens = {info.chat_id for info in ops.list_chats(store, state="even")}
-    assert evens == {chat_id for n, chat_id in enumerate(HOSTILE) if n % 2 == 0}
+    assert evens == {chat_id for n, chat_id in enumerate(ids) if n % 2 == 0}
     assert list(store.iter_chats(state="nowhere")) == []
 
 
@@ -210,17 +224,18 @@ def test_a_turn_that_read_before_an_operator_change_cannot_overwrite_it(
 
 
 def test_export_then_import_restores_exactly(store: StateManager, tmp_path: Path) -> None:
-    for number, chat_id in enumerate(HOSTILE):
+    ids = _hostile(store)
+    for number, chat_id in enumerate(ids):
         _put(store, chat_id, f"s{number}", {**TRICKY, "n": number})
     backup = tmp_path / "backup.jsonl"
     with backup.open("w", encoding="utf-8", newline="\n") as out:
-        assert ops.export_chats(store, out) == len(HOSTILE)
-    saved = {chat_id: ops.show_chat(store, chat_id) for chat_id in HOSTILE}
-    for chat_id in HOSTILE[:3]:
+        assert ops.export_chats(store, out) == len(ids)
+    saved = {chat_id: ops.show_chat(store, chat_id) for chat_id in ids}
+    for chat_id in ids[:3]:
         ops.reset_chat(store, chat_id)
     with backup.open(encoding="utf-8", newline="\n") as source:
         report = ops.import_chats(store, source)
-    assert (report.created, report.unchanged, report.updated) == (3, len(HOSTILE) - 3, 0)
+    assert (report.created, report.unchanged, report.updated) == (3, len(ids) - 3, 0)
     for chat_id, snapshot in saved.items():
         now = ops.show_chat(store, chat_id)
         assert snapshot is not None

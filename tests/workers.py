@@ -18,6 +18,11 @@ def make_manager(kind: str, address: str) -> StateManager:
         from chat_orchestrator.state_managers.redis import RedisStateManager
 
         return RedisStateManager(url=address, lock_timeout=120)
+    if kind == "postgres":
+        from chat_orchestrator.state_managers.postgres import PostgresStateManager
+
+        url, _, schema = address.rpartition("#")
+        return PostgresStateManager(url, schema=schema, lock_timeout=120)
     from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
 
     uri, _, database = address.rpartition("#")

@@ -16,6 +16,12 @@ add your own with :func:`register_store`):
 ``redis+cluster://``, ``rediss+cluster://``    the same on a Redis Cluster (any one node)
 ``mongodb://``, ``mongodb+srv://``             :class:`MongoDBStateManager`; the URL's path
                                                names the database
+``postgresql://u:pw@host:5432/db``,            :class:`PostgresStateManager` (libpq's URL;
+``postgres://``                                libpq's own query options pass through);
+                                               options ``schema``, ``table_prefix``,
+                                               ``lock_lease``, ``lock_timeout``,
+                                               ``connect_timeout``, ``statement_timeout``,
+                                               ``max_size``
 =============================================  ==========================================
 
 ``sqlite:///:memory:`` is refused: each connection would see its own empty database; use
@@ -257,6 +263,36 @@ def _open_redis_cluster(url: str) -> StateManager:
     return RedisStateManager(client=client)
 
 
+#: The PostgreSQL store's own options; any other query option is libpq's (sslmode, ...).
+_POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "schema": str,
+    "table_prefix": str,
+    "lock_lease": float,
+    "lock_timeout": _seconds_or_none,
+    "connect_timeout": float,
+    "statement_timeout": float,
+    "max_size": int,
+}
+
+
+def _open_postgres(url: str) -> StateManager:
+    from urllib.parse import urlencode
+
+    from chat_orchestrator.state_managers.postgres import PostgresStateManager
+
+    parts = urlsplit(url)
+    ours = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    mine = {k: v for k, v in ours if k in _POSTGRES_OPTIONS}
+    options = _options(url, parts._replace(query=urlencode(mine)), _POSTGRES_OPTIONS)
+    # libpq's connect_timeout is ours too (the wait for a connection): never both.
+    rest = [(k, v) for k, v in ours if k not in _POSTGRES_OPTIONS]
+    conninfo = parts._replace(query=urlencode(rest)).geturl()
+    try:
+        return PostgresStateManager(conninfo, **options)
+    except (TypeError, ValueError) as exc:
+        raise _fail(url, str(exc)) from exc
+
+
 def _open_mongodb(url: str) -> StateManager:
     from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
 
@@ -277,5 +313,7 @@ for _scheme, _opener in {
     "rediss+cluster": _open_redis_cluster,
     "mongodb": _open_mongodb,
     "mongodb+srv": _open_mongodb,
+    "postgresql": _open_postgres,
+    "postgres": _open_postgres,
 }.items():
     register_store(_scheme, _opener)

@@ -12,8 +12,8 @@ import pytest
 from chat_orchestrator.state_managers.async_base import AsyncStateManager, AsyncTurnLease
 from chat_orchestrator.state_managers.base import StateManager, StateUpdate
 from chat_orchestrator.testing.conformance import (
-    CHAT_ID_POOL,
     check_async_state_manager,
+    id_pool,
     run_async_cancellation,
     run_async_input_rules,
     run_async_rule_based,
@@ -24,7 +24,7 @@ from tests.conftest import ManagerFactory
 def test_backend_passes_the_async_conformance_kit(manager_factory: ManagerFactory) -> None:
     def fresh() -> StateManager:
         manager = manager_factory()
-        for chat_id in CHAT_ID_POOL:
+        for chat_id in id_pool(manager.stores_nul):
             manager.delete_state(chat_id)
         return manager
 

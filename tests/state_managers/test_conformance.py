@@ -10,8 +10,8 @@ import pytest
 from chat_orchestrator.state_managers.base import StateManager, StateRecord, validate_claim_key
 from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 from chat_orchestrator.testing.conformance import (
-    CHAT_ID_POOL,
     check_state_manager,
+    id_pool,
     run_input_rules,
 )
 from tests.conftest import ManagerFactory
@@ -22,7 +22,7 @@ def test_backend_passes_the_conformance_kit(manager_factory: ManagerFactory) -> 
     def fresh() -> StateManager:
         # The kit wants an empty store per run; the backend's store is shared by the factory.
         manager = manager_factory()
-        for chat_id in CHAT_ID_POOL:
+        for chat_id in id_pool(manager.stores_nul):
             manager.delete_state(chat_id)
         return manager
 

@@ -86,6 +86,30 @@ def planter(manager: StateManager) -> tuple[Callable[[str | None], None], Callab
                 return db.execute("SELECT * FROM chats WHERE id = ?", (CHAT,)).fetchall()
 
         return plant_sqlite, raw_sqlite
+    from chat_orchestrator.state_managers.postgres import PostgresStateManager
+
+    if isinstance(manager, PostgresStateManager):
+        table = manager._names.table("chats")
+        manager.setup()
+
+        def plant_postgres(text: str | None) -> None:
+            manager._sync.pool.wait()
+            with manager._sync.connection() as conn:
+                conn.execute(
+                    f"INSERT INTO {table} (id, state, context, version, updated) "
+                    "VALUES (%s, 's', %s, 1, 0)",
+                    (CHAT, text),
+                )
+
+        def raw_postgres() -> Any:
+            with manager._sync.connection() as conn:
+                return conn.execute(
+                    f"SELECT id, state, context, version, updated, lease_token FROM {table} "
+                    "WHERE id = %s",
+                    (CHAT,),
+                ).fetchall()
+
+        return plant_postgres, raw_postgres
     assert isinstance(manager, MongoDBStateManager)
     collection = manager._collection
 

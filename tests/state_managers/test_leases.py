@@ -28,6 +28,7 @@ from chat_orchestrator.state_managers._leased import (
     renewer,
 )
 from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
+from chat_orchestrator.state_managers.postgres import PostgresStateManager
 from chat_orchestrator.state_managers.redis import RedisStateManager
 from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
 from chat_orchestrator.testing import RecordingSender
@@ -35,7 +36,9 @@ from tests.conftest import mongo_uri
 from tests.helpers import ROOT, counter_orchestrator
 
 SCALE = 0.05  # 10 s / 30 s become 0.5 s / 1.5 s
-KINDS = ["redis", "mongo", "sqlite"] + (["mongo-real"] if os.environ.get("MONGODB_URI") else [])
+KINDS = ["redis", "mongo", "sqlite", "postgres"] + (
+    ["mongo-real"] if os.environ.get("MONGODB_URI") else []
+)
 
 Factory = Callable[..., LeasedStateManager]
 
@@ -57,6 +60,10 @@ def backend(request: pytest.FixtureRequest) -> Iterator[tuple[type[LeasedStateMa
     if request.param == "redis":
         yield RedisStateManager, request.getfixturevalue("redis_url")
         return
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        yield PostgresStateManager, f"{server.url}#{request.getfixturevalue('postgres_schema')}"
+        return
     uri = mongo_uri(request, real=request.param == "mongo-real")
     database = f"leases_{os.getpid()}_{abs(hash(request.node.name)) % 10**8}"
     yield MongoDBStateManager, f"{uri}#{database}"
@@ -72,6 +79,9 @@ def build(cls: type[LeasedStateManager], address: str, **kwargs: Any) -> LeasedS
         return RedisStateManager(url=address, **kwargs)
     if cls is SQLiteStateManager:
         return SQLiteStateManager(address, **kwargs)
+    if cls is PostgresStateManager:
+        url, _, schema = address.rpartition("#")
+        return PostgresStateManager(url, schema=schema, **kwargs)
     uri, _, database = address.rpartition("#")
     return MongoDBStateManager(uri, database=database, **kwargs)
 
@@ -81,7 +91,9 @@ def scaled(cls: type[LeasedStateManager]) -> dict[str, float]:
     return {"lock_lease": lease * SCALE, "lock_timeout": timeout * SCALE}
 
 
-@pytest.mark.parametrize("cls", [RedisStateManager, MongoDBStateManager, SQLiteStateManager])
+@pytest.mark.parametrize(
+    "cls", [RedisStateManager, MongoDBStateManager, SQLiteStateManager, PostgresStateManager]
+)
 def test_default_wait_outlives_a_dead_holders_lease(cls: type[LeasedStateManager]) -> None:
     lease, timeout = _defaults(cls)
     assert (lease, timeout) == (DEFAULT_LOCK_LEASE, DEFAULT_LOCK_TIMEOUT)
@@ -95,13 +107,14 @@ import sys, time
 from tests.state_managers.test_leases import build, scaled
 from chat_orchestrator.orchestrator import ChatOrchestrator
 from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
+from chat_orchestrator.state_managers.postgres import PostgresStateManager
 from chat_orchestrator.state_managers.redis import RedisStateManager
 from chat_orchestrator.state_managers.sqlite import SQLiteStateManager
 from chat_orchestrator.testing import RecordingSender
 
-cls = {"redis": RedisStateManager, "sqlite": SQLiteStateManager}.get(
-    sys.argv[1], MongoDBStateManager
-)
+cls = {
+    "redis": RedisStateManager, "sqlite": SQLiteStateManager, "postgres": PostgresStateManager
+}.get(sys.argv[1], MongoDBStateManager)
 orchestrator = ChatOrchestrator(build(cls, sys.argv[2], **scaled(cls)), RecordingSender())
 
 @orchestrator.register_step("start")
@@ -121,7 +134,11 @@ def test_holder_killed_mid_turn_next_message_runs_at_once(
     manager = build(cls, address, **scaled(cls))
     orchestrator = counter_orchestrator(manager, RecordingSender())
     orchestrator.handle_message("c", "tick")
-    kind = {RedisStateManager: "redis", SQLiteStateManager: "sqlite"}.get(cls, "mongo")
+    kind = {
+        RedisStateManager: "redis",
+        SQLiteStateManager: "sqlite",
+        PostgresStateManager: "postgres",
+    }.get(cls, "mongo")
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, kind, address], stdout=subprocess.PIPE, cwd=ROOT
     )

@@ -298,6 +298,10 @@ class StateManager(ABC):
 
     #: Seconds a turn waits for a chat's lock before LockTimeoutError; ``None`` waits forever.
     lock_timeout: ClassVar[float | None] = 60.0
+    #: False for a store that cannot hold NUL in text (PostgreSQL): it refuses chat ids,
+    #: state ids and claim keys holding ``"\x00"`` with InvalidChatIdError (or its
+    #: subclasses), and the conformance kit checks that refusal instead of the round trip.
+    stores_nul: ClassVar[bool] = True
 
     # -- the original three methods -------------------------------------------------------
     @abstractmethod

@@ -34,7 +34,14 @@ from chat_orchestrator.errors import (
 from chat_orchestrator.state_managers.async_base import AsyncStateManager
 from chat_orchestrator.state_managers.base import StateManager, StateRecord, StateUpdate
 from chat_orchestrator.testing._input_rules import BAD_CHAT_IDS, BAD_CLAIM_KEYS, judge_refusal
-from chat_orchestrator.testing._strategies import CHAT_ID_POOL, SETTINGS, chat_ids, json_contexts
+from chat_orchestrator.testing._strategies import (
+    SETTINGS,
+    chat_ids,
+    id_pool,
+    json_contexts,
+    state_ids,
+    stores_nul,
+)
 
 try:
     from hypothesis import given, settings
@@ -228,6 +235,8 @@ async def _cancellation(manager: AnyManager) -> None:
 # -- the model -------------------------------------------------------------------------------------
 def run_async_rule_based(factory: Callable[[], AnyManager], *, max_examples: int = 40) -> None:
     """Random async turns, deletes and loads (and sync turns, where the manager has them)."""
+    nul = stores_nul(factory)
+    pool = id_pool(nul)
 
     class AsyncConformance(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -252,8 +261,8 @@ def run_async_rule_based(factory: Callable[[], AnyManager], *, max_examples: int
                 assert record.version == self.versions[chat_id], "version changed with no write"
 
         @rule(
-            chat_id=st.sampled_from(CHAT_ID_POOL),
-            state_id=st.text(min_size=1, max_size=8),
+            chat_id=st.sampled_from(pool),
+            state_id=state_ids(nul),
             context=json_contexts(),
             commit=st.booleans(),
         )
@@ -274,7 +283,7 @@ def run_async_rule_based(factory: Callable[[], AnyManager], *, max_examples: int
                 self.versions.pop(chat_id, None)
 
         @precondition(lambda self: isinstance(self.manager, StateManager))
-        @rule(chat_id=st.sampled_from(CHAT_ID_POOL), context=json_contexts())
+        @rule(chat_id=st.sampled_from(pool), context=json_contexts())
         def sync_turn(self, chat_id: str, context: dict[str, Any]) -> None:
             # The sync face of the same manager must see and make the same records.
             assert isinstance(self.manager, StateManager)
@@ -284,7 +293,7 @@ def run_async_rule_based(factory: Callable[[], AnyManager], *, max_examples: int
             self.model[chat_id] = ("sync", copy.deepcopy(context))
             self.versions.pop(chat_id, None)
 
-        @rule(chat_id=st.sampled_from(CHAT_ID_POOL))
+        @rule(chat_id=st.sampled_from(pool))
         def delete(self, chat_id: str) -> None:
             self.run(self.manager.delete_state_async(chat_id))
             self.model.pop(chat_id, None)
@@ -292,7 +301,7 @@ def run_async_rule_based(factory: Callable[[], AnyManager], *, max_examples: int
 
         @invariant()
         def matches_model(self) -> None:
-            for chat_id in CHAT_ID_POOL:
+            for chat_id in pool:
                 record = self.run(self.manager.load_async(chat_id))
                 self._check_read(chat_id, record)
                 if record is not None:
@@ -313,11 +322,12 @@ def run_async_rule_based(factory: Callable[[], AnyManager], *, max_examples: int
 def run_async_round_trips(factory: Callable[[], AnyManager], *, max_examples: int = 60) -> None:
     """Arbitrary JSON contexts and Unicode chat ids go through async turns and back exactly."""
     manager = factory()
+    nul = getattr(manager, "stores_nul", True)
     with asyncio.Runner() as runner:
         try:
 
             @settings(max_examples=max_examples, **SETTINGS)
-            @given(chat_id=chat_ids(), context=json_contexts(), other=chat_ids())
+            @given(chat_id=chat_ids(nul), context=json_contexts(), other=chat_ids(nul))
             def round_trip(chat_id: str, context: dict[str, Any], other: str) -> None:
                 runner.run(_round_trip(manager, chat_id, context, other))
 

@@ -24,12 +24,16 @@ __all__ = [
     "BAD_CLAIM_KEYS",
     "BAD_CONTEXTS",
     "BAD_STATE_IDS",
+    "NUL_IDS",
     "judge_refusal",
     "nested_context",
     "run_input_rules",
 ]
 
 #: Ids every method must refuse with InvalidChatIdError (claim keys: InvalidClaimKeyError).
+#: Ids a store with ``stores_nul = False`` must refuse (and every other store must keep).
+NUL_IDS: tuple[str, ...] = ("\x00", "a\x00b")
+
 BAD_CHAT_IDS: tuple[Any, ...] = (
     5,
     None,
@@ -136,14 +140,16 @@ def run_input_rules(factory: Callable[[], StateManager], *, seed_methods: bool =
     try:
         manager.save(_VICTIM, "kept", {"n": 1}, expected_version=_version_of(manager, _VICTIM))
         before = _record(manager)
+        # A store that cannot hold NUL must refuse it (and touch nothing), like any bad id.
+        nul_ids = () if getattr(manager, "stores_nul", True) else NUL_IDS
         for method, call in _id_calls(manager, seed_methods).items():
-            for bad in BAD_CHAT_IDS:
+            for bad in (*BAD_CHAT_IDS, *nul_ids):
                 _expect(InvalidChatIdError, f"{method}({bad!r:.40})", call, bad)
             _check_untouched(manager, before, method)
 
-        _claim_rules(manager)
+        _claim_rules(manager, nul_ids)
 
-        for bad in BAD_STATE_IDS:
+        for bad in (*BAD_STATE_IDS, *nul_ids):
             for name, write in _writes(manager, "conformance-new", seed_methods).items():
                 what = f"{name} with state id {bad!r:.40}"
                 _expect(InvalidChatIdError, what, write, bad, {})
@@ -188,9 +194,9 @@ def _version_of(manager: StateManager, chat_id: str) -> int:
     return 0 if record is None else record.version
 
 
-def _claim_rules(manager: StateManager) -> None:
+def _claim_rules(manager: StateManager, nul_ids: tuple[str, ...] = ()) -> None:
     assert manager.claim("conformance-taken", 3600) is True, "a fresh key must claim"
-    for bad in BAD_CLAIM_KEYS:
+    for bad in (*BAD_CLAIM_KEYS, *nul_ids):
         _expect(InvalidChatIdError, f"claim({bad!r})", manager.claim, bad, 60)
         release = f"release_claim({bad!r})"
         _expect(InvalidChatIdError, release, manager.release_claim, bad)

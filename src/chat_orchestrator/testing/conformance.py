@@ -51,7 +51,15 @@ from chat_orchestrator.testing._input_rules import (
     nested_context,
     run_input_rules,
 )
-from chat_orchestrator.testing._strategies import CHAT_ID_POOL, SETTINGS, chat_ids, json_contexts
+from chat_orchestrator.testing._strategies import (
+    CHAT_ID_POOL,
+    SETTINGS,
+    chat_ids,
+    id_pool,
+    json_contexts,
+    state_ids,
+    stores_nul,
+)
 
 try:
     from hypothesis import given, settings
@@ -73,6 +81,7 @@ __all__ = [
     "chat_ids",
     "check_async_state_manager",
     "check_state_manager",
+    "id_pool",
     "json_contexts",
     "nested_context",
     "run_async_cancellation",
@@ -96,6 +105,8 @@ class _Expected:
 
 def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 40) -> None:
     """Drive a fresh manager per run with random operations; compare with a dict model."""
+    nul = stores_nul(factory)
+    pool = id_pool(nul)
 
     class Conformance(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -111,8 +122,8 @@ def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 4
             expected.seen.add(record.version)
 
         @rule(
-            chat_id=st.sampled_from(CHAT_ID_POOL),
-            state_id=st.text(min_size=1, max_size=8),
+            chat_id=st.sampled_from(pool),
+            state_id=state_ids(nul),
             context=json_contexts(),
         )
         def set_state(self, chat_id: str, state_id: str, context: dict[str, Any]) -> None:
@@ -123,13 +134,13 @@ def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 4
             )
             self._observe(chat_id)
 
-        @rule(chat_id=st.sampled_from(CHAT_ID_POOL))
+        @rule(chat_id=st.sampled_from(pool))
         def delete_state(self, chat_id: str) -> None:
             self.manager.delete_state(chat_id)
             self.model.pop(chat_id, None)
 
         @rule(
-            chat_id=st.sampled_from(CHAT_ID_POOL),
+            chat_id=st.sampled_from(pool),
             context=json_contexts(),
             which=st.sampled_from(["current", "stale", "zero"]),
         )
@@ -156,7 +167,7 @@ def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 4
             self._observe(chat_id)
             assert self.model[chat_id].version == new_version, "load disagrees with save's version"
 
-        @rule(chat_id=st.sampled_from(CHAT_ID_POOL), context=json_contexts(), commit=st.booleans())
+        @rule(chat_id=st.sampled_from(pool), context=json_contexts(), commit=st.booleans())
         def turn(self, chat_id: str, context: dict[str, Any], commit: bool) -> None:
             lease = self.manager.begin_turn(chat_id)
             try:
@@ -182,7 +193,7 @@ def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 4
 
         @invariant()
         def matches_model(self) -> None:
-            for chat_id in CHAT_ID_POOL:
+            for chat_id in pool:
                 expected = self.model.get(chat_id)
                 got = self.manager.get_state(chat_id)
                 if expected is None:
@@ -205,10 +216,11 @@ def run_rule_based(factory: Callable[[], StateManager], *, max_examples: int = 4
 def run_json_round_trips(factory: Callable[[], StateManager], *, max_examples: int = 60) -> None:
     """Arbitrary JSON contexts and arbitrary Unicode chat ids store and load back exactly."""
     manager = factory()
+    nul = getattr(manager, "stores_nul", True)
     try:
 
         @settings(max_examples=max_examples, **SETTINGS)
-        @given(chat_id=chat_ids(), context=json_contexts(), other=chat_ids())
+        @given(chat_id=chat_ids(nul), context=json_contexts(), other=chat_ids(nul))
         def round_trip(chat_id: str, context: dict[str, Any], other: str) -> None:
             manager.set_state(chat_id, "s", context)
             assert manager.get_state(chat_id) == ("s", context)
