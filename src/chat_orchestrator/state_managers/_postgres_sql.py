@@ -15,6 +15,10 @@ Layout (version 1):
 * ``<prefix>claims``: once-only markers (``key``, ``until``), indexed by deadline for the sweep;
 * ``<prefix>schema_version``: one row, the number of migration steps applied.
 
+Version 2 adds the message pipeline's ``<prefix>pipe_inbox``, ``pipe_work``, ``pipe_dead``
+and the ``pipe_stamps`` sequence (described in ``pipeline/postgres.py``, whose statements use
+them).
+
 Time is always the server's clock (``NOW_MS``), so leases compare correctly across machines
 whose clocks disagree.
 
@@ -86,7 +90,18 @@ class Names:
             claims=self.table("claims"),
             claims_index=f'"{self.prefix}claims_until"',
             version=self.table("schema_version"),
+            **self.pipeline_names(),
         )
+
+    def pipeline_names(self) -> dict[str, str]:
+        """The message pipeline's tables, sequence and indexes (``pipeline/postgres.py``)."""
+        names = {name: self.table(f"pipe_{name}") for name in ("inbox", "work", "dead", "stamps")}
+        # A sequence is named in nextval() by a regclass literal: the quoted name in quotes
+        # (the names are checked identifiers, safe inside the literal).
+        names["stamps_literal"] = f"'{names['stamps']}'"
+        for index in ("pending", "expiry", "ready", "idle", "dead_at", "dead_ch"):
+            names[f"{index}_index"] = f'"{self.prefix}pipe_{index}"'
+        return names
 
     @property
     def where(self) -> str:
@@ -108,6 +123,37 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE TABLE IF NOT EXISTS {claims} (key text PRIMARY KEY, until bigint NOT NULL)",
         "CREATE INDEX IF NOT EXISTS {claims_index} ON {claims} (until)",
+    ),
+    # 2: the message pipeline (pipeline/postgres.py has the layout's reasons).
+    (
+        """CREATE TABLE IF NOT EXISTS {inbox} (
+            key text PRIMARY KEY,
+            seq bigserial NOT NULL,
+            chat text NOT NULL,
+            body text,
+            until bigint NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS {pending_index} ON {inbox} (chat, seq) WHERE body IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS {expiry_index} ON {inbox} (until) WHERE body IS NULL",
+        """CREATE TABLE IF NOT EXISTS {work} (
+            chat text PRIMARY KEY,
+            ready_at bigint,
+            stamp bigint NOT NULL,
+            owner text,
+            until bigint NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX IF NOT EXISTS {ready_index} ON {work} (ready_at) WHERE ready_at IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS {idle_index} ON {work} (chat) "
+        "WHERE ready_at IS NULL AND owner IS NULL",
+        "CREATE SEQUENCE IF NOT EXISTS {stamps}",
+        """CREATE TABLE IF NOT EXISTS {dead} (
+            id text PRIMARY KEY,
+            chat text NOT NULL,
+            at double precision NOT NULL,
+            letter text NOT NULL
+        )""",
+        'CREATE INDEX IF NOT EXISTS {dead_at_index} ON {dead} (at, id COLLATE "C")',
+        'CREATE INDEX IF NOT EXISTS {dead_ch_index} ON {dead} (chat, at, id COLLATE "C")',
     ),
 )
 
