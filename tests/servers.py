@@ -144,11 +144,13 @@ def create_cluster(nodes: list[RedisServer]) -> None:
 
 @dataclass
 class NxServer:
-    """The nx-27017 MongoDB wire-protocol server, in memory."""
+    """The nx-27017 MongoDB wire-protocol server, in memory (``persistent``: in a SQLite file
+    in ``directory``, so that ``stop()``/``start()`` keep the data, as a restarted mongod does)."""
 
     directory: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    persistent: bool = False
 
     @property
     def uri(self) -> str:
@@ -157,7 +159,8 @@ class NxServer:
     def start(self) -> NxServer:
         binary = need_binary("nx-27017")
         self.directory.mkdir(parents=True, exist_ok=True)
-        args = [binary, "--db", "memory", "-p", str(self.port), "--host", "127.0.0.1"]
+        db = str(self.directory / "nx.db") if self.persistent else "memory"
+        args = [binary, "--db", db, "-p", str(self.port), "--host", "127.0.0.1"]
         args += ["--log-file", str(self.directory / "nx.log")]
         args += ["--pid-file", str(self.directory / "nx.pid")]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -180,6 +180,7 @@ class RedisPipelineStore(PipelineStore):
     # -- dead letters ---------------------------------------------------------------------
     def _park_op(self, letter: DeadLetter) -> Op[None]:
         letter_id, chat_id = _letter_id(letter.id), validate_chat_id(letter.chat_id)
+        # An int is a float to the type checker (and to the other stores): accept it.
         at = letter.at
         if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
             raise PipelineError(f"a dead letter's time must be a finite number, not {at!r}")
