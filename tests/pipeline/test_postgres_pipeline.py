@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from chat_orchestrator.errors import InvalidClaimKeyError
@@ -18,8 +19,6 @@ from chat_orchestrator.pipeline.store import now_ms
 from chat_orchestrator.state_managers import _postgres_sql as sql
 from chat_orchestrator.state_managers.postgres import PostgresStateManager
 from tests.servers import PostgresServer
-
-psycopg = pytest.importorskip("psycopg")
 
 
 @pytest.fixture
@@ -245,10 +244,11 @@ def test_an_idle_wait_returns_on_news_from_another_process(
     waiter.join(10)
     assert not waiter.is_alive(), "wait() did not return on the NOTIFY of an add"
     # An earlier timer (schedule) and a release with a due time wake it too.
-    for poke in (
+    pokes: list[Callable[[], None]] = [
         lambda: other.pipeline_store().schedule("c9", time.time() + 5),
         lambda: _release_later(other.pipeline_store()),
-    ):
+    ]
+    for poke in pokes:
         store.wait(0.01)
         waiter = _waits(store, 60)
         time.sleep(0.1)
