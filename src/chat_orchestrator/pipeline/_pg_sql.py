@@ -57,7 +57,10 @@ class PipelineStatements:
         values = {**names.pipeline_names(), "channel": self.channel, "batch": SWEEP_BATCH}
 
         def f(template: str) -> str:
-            return template.format(**values)
+            # Whitespace collapsed: psycopg caches the conversion of, and prepares, only
+            # statements up to 4096 bytes (the add is about 2 KB this way, over 4 KB laid
+            # out); no literal here holds significant whitespace.
+            return " ".join(template.format(**values).split())
 
         # Shared fragments, filled first, then placed into the statements that use them.
         values["schedule"] = f(_SCHEDULE_CTES)
