@@ -239,8 +239,9 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
         redis_server = RedisServer(tmp_path / "redis", appendonly=True).start()
         store_url = _redis_url(redis_server)
     elif kind == "postgres":
-        # A server of its own (not the session's): the restart tests stop and start it.
-        pg_server = PostgresServer().init()
+        # A server of its own (not the session's): the restart tests stop and start it, and
+        # with synchronous_commit on, as a real one: an acknowledged add survives the crash.
+        pg_server = PostgresServer(durable=True).init()
         store_url = pg_server.url
     else:
         # Its own nx-27017 on a SQLite file: a restart keeps the data (tests/servers.py's
