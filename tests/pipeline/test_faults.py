@@ -541,7 +541,20 @@ def test_post_while_the_store_is_down_is_503_never_200(rig: Rig) -> None:
     finally:
         server.start()
     rig.spawn(threads=1)
-    assert rig.post(body, retry=False) == 200
+    if rig.pg is not None:
+        # psycopg_pool reconnects with back-off (1, 2, 4 s ...) and our checkout fails fast
+        # while its last attempt failed, so the first POSTs after the restart may still be
+        # 503 (Meta retries them); never a 200 that stored nothing.
+        back = time.monotonic()
+        codes = []
+        while (code := rig.post(body, retry=False)) != 200:
+            codes.append(code)
+            assert time.monotonic() - back < 30, codes
+            time.sleep(0.2)
+        assert set(codes) <= {503}
+        print(f"\n[faults:down:postgres] first 200 {time.monotonic() - back:.1f} s after start")
+    else:
+        assert rig.post(body, retry=False) == 200
     assert rig.post(body, retry=False) == 200  # a redelivery: stored once
     rig.wait_done([chat], seen_is(["while-down"]), delivered=1)
     time.sleep(0.5)
