@@ -213,6 +213,9 @@ class PostgresServer:
     bin: Path | None = None
     user: str | None = None
     external: str | None = None
+    #: Keep every acknowledged commit across a crash (``pg_ctl stop -m immediate``): the
+    #: restart tests need it; the others run faster with fsync and synchronous_commit off.
+    durable: bool = False
 
     @property
     def url(self) -> str:
@@ -277,9 +280,10 @@ class PostgresServer:
         assert self.directory is not None
         options = (
             f"-p {self.port} -k {self.directory / 'sock'} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=200"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             "pg_ctl",
             "-D",

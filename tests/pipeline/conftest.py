@@ -1,7 +1,7 @@
 """Fixtures of the pipeline tests: one state manager per store that can hold the pipeline.
 
 ``PIPELINE_BACKENDS`` lists them; every contract test runs on each, against the real
-servers the suite starts (redis-server, nx-27017).
+servers the suite starts (redis-server, nx-27017, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from chat_orchestrator.state_managers.inmemory import InMemoryStateManager
 from tests.conftest import _unique, mongo_uri
 from tests.servers import RedisServer, create_cluster
 
-PIPELINE_BACKENDS = ["memory", "sqlite", "redis", "redis-cluster", "mongo"]
+PIPELINE_BACKENDS = ["memory", "sqlite", "redis", "redis-cluster", "mongo", "postgres"]
 
 PipeFactory = Callable[[], StateManager]
 
@@ -81,6 +81,20 @@ def pipe_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pip
         yield cluster_manager
         for made in built:
             made.close()
+    elif kind == "postgres":
+        from chat_orchestrator.state_managers.postgres import PostgresStateManager
+
+        server = request.getfixturevalue("postgres_server")
+        schema = request.getfixturevalue("postgres_schema")
+        made_pg: list[PostgresStateManager] = []
+
+        def postgres_manager() -> StateManager:
+            made_pg.append(PostgresStateManager(server.url, schema=schema, lock_lease=5))
+            return made_pg[-1]
+
+        yield postgres_manager
+        for one in made_pg:
+            one.close()
     else:
         from chat_orchestrator.state_managers.mongodb import MongoDBStateManager
 

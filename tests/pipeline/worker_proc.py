@@ -39,7 +39,8 @@ VERIFY_TOKEN = "verify-me-SECRET"
 
 
 def make_manager(url: str, lock_lease: float = 2.0) -> StateManager:
-    """A state manager for ``url`` (sqlite:///path, redis://..., mongodb://.../db) with a short
+    """A state manager for ``url`` (sqlite:///path, redis://..., mongodb://.../db,
+    postgresql://...) with a short
     turn lease, so a killed worker's chat is free again within seconds (URLs cannot set it for
     every store)."""
     parts = urlsplit(url)
@@ -57,6 +58,10 @@ def make_manager(url: str, lock_lease: float = 2.0) -> StateManager:
         database = parts.path.lstrip("/")
         plain = f"{parts.scheme}://{parts.netloc}"
         return MongoDBStateManager(plain, database=database, lock_lease=lock_lease)
+    if parts.scheme in ("postgresql", "postgres"):
+        from chat_orchestrator.state_managers.postgres import PostgresStateManager
+
+        return PostgresStateManager(url, lock_lease=lock_lease)
     raise ValueError(f"unsupported store URL {url!r}")
 
 

@@ -122,7 +122,15 @@ def test_tables_are_created_on_first_use_and_setup_is_idempotent(
     store = PostgresStateManager(url, schema=postgres_schema)
     assert tables(url, postgres_schema) == set()  # nothing sent until the first operation
     assert store.load("c") is None
-    assert tables(url, postgres_schema) == {"chat_chats", "chat_claims", "chat_schema_version"}
+    assert tables(url, postgres_schema) == {
+        "chat_chats",
+        "chat_claims",
+        "chat_schema_version",
+        # Step 2: the message pipeline's tables come with the schema.
+        "chat_pipe_inbox",
+        "chat_pipe_work",
+        "chat_pipe_dead",
+    }
     store.set_state("c", "s", {"kept": True})
     assert store.setup() == len(sql.MIGRATIONS)
     assert store.setup() == len(sql.MIGRATIONS)
@@ -171,14 +179,14 @@ def test_an_older_store_is_migrated_forward_without_losing_rows(
     step = ("ALTER TABLE {chats} ADD COLUMN IF NOT EXISTS note text",)
     monkeypatch.setattr(sql, "MIGRATIONS", (*sql.MIGRATIONS, step))
     later = PostgresStateManager(url, schema=postgres_schema)
-    assert later.setup() == 2
+    assert later.setup() == len(sql.MIGRATIONS)
     assert later.get_state("c") == ("s", {"n": 1})
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             f'SELECT c.note, v.version FROM "{postgres_schema}".chat_schema_version AS v, '
             f'"{postgres_schema}".chat_chats AS c'
         ).fetchall()
-    assert rows == [(None, 2)]
+    assert rows == [(None, len(sql.MIGRATIONS))]
     later.close()
 
 

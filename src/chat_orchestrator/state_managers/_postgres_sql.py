@@ -21,6 +21,10 @@ restart): the lease and the claim treat "already mine" as success, and a write r
 its own completed write by the writer token it stored.
 * ``<prefix>schema_version``: one row, the number of migration steps applied.
 
+Version 2 adds the message pipeline's ``<prefix>pipe_inbox``, ``pipe_work``, ``pipe_dead``
+and the ``pipe_stamps`` sequence (described in ``pipeline/postgres.py``, whose statements use
+them).
+
 Time is always the server's clock (``NOW_MS``), so leases compare correctly across machines
 whose clocks disagree.
 
@@ -92,7 +96,18 @@ class Names:
             claims=self.table("claims"),
             claims_index=f'"{self.prefix}claims_until"',
             version=self.table("schema_version"),
+            **self.pipeline_names(),
         )
+
+    def pipeline_names(self) -> dict[str, str]:
+        """The message pipeline's tables, sequence and indexes (``pipeline/postgres.py``)."""
+        names = {name: self.table(f"pipe_{name}") for name in ("inbox", "work", "dead", "stamps")}
+        # A sequence is named in nextval() by a regclass literal: the quoted name in quotes
+        # (the names are checked identifiers, safe inside the literal).
+        names["stamps_literal"] = f"'{names['stamps']}'"
+        for index in ("pending", "expiry", "ready", "idle", "dead_at", "dead_ch"):
+            names[f"{index}_index"] = f'"{self.prefix}pipe_{index}"'
+        return names
 
     @property
     def where(self) -> str:
@@ -117,6 +132,37 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             key text PRIMARY KEY, until bigint NOT NULL, token text
         )""",
         "CREATE INDEX IF NOT EXISTS {claims_index} ON {claims} (until)",
+    ),
+    # 2: the message pipeline (pipeline/postgres.py has the layout's reasons).
+    (
+        """CREATE TABLE IF NOT EXISTS {inbox} (
+            key text PRIMARY KEY,
+            seq bigserial NOT NULL,
+            chat text NOT NULL,
+            body text,
+            until bigint NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS {pending_index} ON {inbox} (chat, seq) WHERE body IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS {expiry_index} ON {inbox} (until) WHERE body IS NULL",
+        """CREATE TABLE IF NOT EXISTS {work} (
+            chat text PRIMARY KEY,
+            ready_at bigint,
+            stamp bigint NOT NULL,
+            owner text,
+            until bigint NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX IF NOT EXISTS {ready_index} ON {work} (ready_at) WHERE ready_at IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS {idle_index} ON {work} (chat) "
+        "WHERE ready_at IS NULL AND owner IS NULL",
+        "CREATE SEQUENCE IF NOT EXISTS {stamps}",
+        """CREATE TABLE IF NOT EXISTS {dead} (
+            id text PRIMARY KEY,
+            chat text NOT NULL,
+            at double precision NOT NULL,
+            letter text NOT NULL
+        )""",
+        'CREATE INDEX IF NOT EXISTS {dead_at_index} ON {dead} (at, id COLLATE "C")',
+        'CREATE INDEX IF NOT EXISTS {dead_ch_index} ON {dead} (chat, at, id COLLATE "C")',
     ),
 )
 

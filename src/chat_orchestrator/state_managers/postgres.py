@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chat_orchestrator._io import Op
 from chat_orchestrator._jsonctx import decode_context
@@ -70,6 +71,9 @@ from chat_orchestrator.state_managers._postgres_pool import (
     parse_conninfo,
     secrets_of,
 )
+
+if TYPE_CHECKING:
+    from chat_orchestrator.pipeline.postgres import PostgresPipelineStore
 
 __all__ = ["PostgresStateManager"]
 
@@ -193,6 +197,8 @@ class PostgresStateManager(LeasedStateManager):
         )
         self._ready = False  # the tables are checked (and created) by the first operation
         self._claims_since_sweep = 0
+        self._pipeline: PostgresPipelineStore | None = None
+        self._pipeline_lock = threading.Lock()  # one store per manager, even when threads race
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> PostgresStateManager:
@@ -429,9 +435,23 @@ class PostgresStateManager(LeasedStateManager):
         changed = yield from self._query("renew the lease of chat", chat_id, command, retry=True)
         return bool(changed == 1)
 
+    # -- the message pipeline ---------------------------------------------------------------
+    def pipeline_store(self) -> PostgresPipelineStore:
+        """The pipeline's inbox, work index and dead letters, in this store's schema (built
+        on the first call; the tables come with the schema's migrations)."""
+        with self._pipeline_lock:
+            if self._pipeline is None:
+                from chat_orchestrator.pipeline.postgres import PostgresPipelineStore
+
+                self._pipeline = PostgresPipelineStore(self)
+            return self._pipeline
+
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the pool this manager built (a ``pool=`` of yours stays open)."""
+        """Close the pool this manager built (a ``pool=`` of yours stays open) and the
+        pipeline's listening connection."""
+        if self._pipeline is not None:
+            self._pipeline.close()
         self._sync.close()
 
     async def close_async(self) -> None:
