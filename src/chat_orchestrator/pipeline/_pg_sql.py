@@ -153,7 +153,10 @@ class PipelineStatements:
         # and ends the lease in one statement. The row goes (``gone``) when nothing is left
         # to do; otherwise (``kept``, which reads ``gone``: never both) it is updated. A
         # schedule that committed after the snapshot makes ``gone``'s recheck fail and
-        # ``kept`` update the newest row instead, so news is never dropped.
+        # ``kept`` update the newest row instead, so news is never dropped. A late release
+        # (another worker took the chat when our lease ended) keeps that worker's ready_at,
+        # which brings the chat back if that worker dies. (No SQL comments: statements are
+        # collapsed to one line.)
         self.finish_release = f("""
             WITH p AS (SELECT %s::text AS chat, %s::text AS owner, %s::bigint AS stamp,
                               %s::bigint AS next, %s::text[] AS keys),
@@ -170,8 +173,10 @@ class PipelineStatements:
                 UPDATE {work} AS w SET
                     owner = CASE WHEN w.owner = p.owner THEN NULL ELSE w.owner END,
                     until = CASE WHEN w.owner = p.owner THEN 0 ELSE w.until END,
-                    ready_at = CASE WHEN w.stamp = p.stamp THEN p.next
-                                    ELSE least(w.ready_at, p.next) END
+                    ready_at = CASE
+                        WHEN w.stamp = p.stamp AND (w.owner IS NULL OR w.owner = p.owner)
+                            THEN p.next
+                        ELSE least(w.ready_at, p.next) END
                 FROM p WHERE w.chat = p.chat AND NOT EXISTS (SELECT 1 FROM gone)
                 RETURNING w.ready_at)
             SELECT count(pg_notify('{channel}', '')) FROM kept
