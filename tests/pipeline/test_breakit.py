@@ -11,6 +11,8 @@ import pytest
 
 from chat_orchestrator import ChatOrchestrator, RecordingSender
 from chat_orchestrator.errors import ContextSerializationError
+from chat_orchestrator.pipeline.events import Event
+from chat_orchestrator.pipeline.scope import schedule_timer
 from chat_orchestrator.pipeline.section import PIPELINE_KEY
 from chat_orchestrator.pipeline.worker import Worker, WorkerSettings
 from chat_orchestrator.senders.base import MessageSender
@@ -64,3 +66,69 @@ def test_direct_turn_cannot_store_the_reserved_pipeline_key(manager: StateManage
     manager.pipeline_store().schedule("c", 0)
     Worker(bot, settings=FAST).drain(max_passes=5)
     assert [m.text for m in sender.sent] == []
+
+
+HOSTILE_OUTPUTS = [
+    "reserved-key",
+    "timer-data-object",
+    "timer-data-nan",
+    "reply-lone-surrogate",
+    "options-lone-surrogate",
+    "reply-chat-lone-surrogate",
+    "timer-name-lone-surrogate",
+    "options-deep",
+    "timer-data-deep",
+]
+
+
+def hostile_bot(manager: StateManager, sender: RecordingSender, mode: str) -> ChatOrchestrator:
+    bot = ChatOrchestrator(manager, sender)
+
+    @bot.register_step("start")
+    def start(
+        chat_id: str, text: str | None, context: dict[str, Any], sender: MessageSender
+    ) -> tuple[str, dict[str, Any]]:
+        if text == "bad":
+            if mode == "reserved-key":
+                return "start", {PIPELINE_KEY: {"out": []}}
+            if mode == "timer-data-object":
+                schedule_timer("t", after=60, data={"x": object()})
+            if mode == "timer-data-nan":
+                schedule_timer("t", after=60, data={"x": float("nan")})
+            if mode == "reply-lone-surrogate":
+                sender.send_message(chat_id, "half a pair: \ud800")
+            if mode == "options-lone-surrogate":
+                sender.send_message(chat_id, "ok", {"k": "\ud800"})
+            if mode == "reply-chat-lone-surrogate":
+                sender.send_message("other\ud800", "ok")
+            if mode == "timer-name-lone-surrogate":
+                schedule_timer("t\ud800", after=60)
+            if mode == "options-deep":
+                sender.send_message(chat_id, "ok", _nested(150))
+            if mode == "timer-data-deep":
+                schedule_timer("t", after=60, data=_nested(150))
+        sender.send_message(chat_id, f"echo:{text}")
+        return "start", {"n": context.get("n", 0) + 1}
+
+    return bot
+
+
+@pytest.mark.parametrize("mode", HOSTILE_OUTPUTS)
+def test_a_turn_whose_output_cannot_be_stored_is_parked_and_the_chat_goes_on(
+    manager: StateManager, mode: str
+) -> None:
+    # Break: what a step handed the pipeline (its context, timers, replies) was encoded only
+    # after the step's try. Unstorable output escaped the pass (no release; the worker loop
+    # retried it forever), or failed the store's write (deferred forever), or, too deep, was
+    # written and left the chat's record unreadable for good: never parked, the chat stuck.
+    sender = RecordingSender()
+    bot = hostile_bot(manager, sender, mode)
+    store = manager.pipeline_store()
+    store.add([Event("k-bad", "c", "bad"), Event("k-good", "c", "good")])
+    Worker(bot, settings=FAST).drain(max_passes=20)
+    assert [letter.id for letter in store.dead_letters()] == ["event:k-bad"]
+    assert [m.text for m in sender.sent] == ["echo:good"]
+    record = manager.get_state("c")
+    assert record is not None
+    assert record[1]["n"] == 1
+    assert store.pending("c") == []
