@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,49 @@ def test_a_turn_whose_output_cannot_be_stored_is_parked_and_the_chat_goes_on(
     assert record is not None
     assert record[1]["n"] == 1
     assert store.pending("c") == []
+
+
+def test_an_event_replay_repeated_after_a_failure_runs_the_event_once(
+    manager: StateManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Break: each replay gave the copy a fresh key (the clock's), so an operator repeating a
+    # replay whose drop failed (a store error, a killed CLI) queued the event twice, and the
+    # conversation changed twice.
+    from chat_orchestrator.errors import StateManagerError
+    from chat_orchestrator.pipeline.operators import replay_letter
+
+    sender = RecordingSender()
+    failing = {"on": True}
+    bot = ChatOrchestrator(manager, sender)
+
+    @bot.register_step("start")
+    def start(
+        chat_id: str, text: str | None, context: dict[str, Any], sender: MessageSender
+    ) -> tuple[str, dict[str, Any]]:
+        if failing["on"]:
+            raise RuntimeError("down")
+        return "start", {"n": context.get("n", 0) + 1}
+
+    store = manager.pipeline_store()
+    store.add([Event("k1", "c", "hi")])
+    Worker(bot, settings=FAST).drain(max_passes=10)
+    (letter,) = store.dead_letters()
+    failing["on"] = False
+    real_drop = type(store).drop_dead
+    calls = {"n": 0}
+
+    def drop_fails_once(self: Any, letter_id: str) -> bool:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise StateManagerError("the store went away")
+        return real_drop(self, letter_id)
+
+    monkeypatch.setattr(type(store), "drop_dead", drop_fails_once)
+    with pytest.raises(StateManagerError):
+        replay_letter(manager, letter.id)
+    time.sleep(0.01)  # a later millisecond
+    replay_letter(manager, letter.id)  # the operator tries again
+    Worker(bot, settings=FAST).drain(max_passes=10)
+    record = manager.get_state("c")
+    assert record is not None
+    assert record[1]["n"] == 1
