@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +179,31 @@ def test_an_event_replay_repeated_after_a_failure_runs_the_event_once(
     record = manager.get_state("c")
     assert record is not None
     assert record[1]["n"] == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e300, True, "1"])
+def test_store_times_out_of_range_get_the_librarys_error(manager: StateManager, bad: Any) -> None:
+    # Break: NaN, infinities and huge times reached int() or SQLite: ValueError, OverflowError
+    # (not of chat_orchestrator.errors); the memory store stored a ready_at of 10**303.
+    from chat_orchestrator.errors import PipelineError
+    from chat_orchestrator.pipeline.store import Taken
+
+    store = manager.pipeline_store()
+    calls: list[Callable[[], object]] = [
+        lambda: store.schedule("c", bad),
+        lambda: store.take("w", bad),
+        lambda: store.take_pending("w", bad),
+        lambda: store.add([Event("k", "c", "x")], retention=bad),
+        lambda: store.renew(Taken("c", "w", 1), bad),
+        lambda: store.release(Taken("c", "w", 1), bad),
+        lambda: store.finish_release(Taken("c", "w", 1), [], bad),
+    ]
+    for call in calls:
+        with pytest.raises(PipelineError):
+            call()
+    with pytest.raises(PipelineError):
+        store.pending("c", "x")  # type: ignore[arg-type]
+    with pytest.raises(PipelineError):
+        store.dead_letters(limit="x")  # type: ignore[arg-type]
+    assert store.next_ready() is None
+    assert store.pending("c") == []
