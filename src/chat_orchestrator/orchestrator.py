@@ -243,8 +243,9 @@ class ChatOrchestrator:
             step, state_id, context, section = self._prepare(chat_id, turn.record)
             result = self.run_step(step, state_id, chat_id, user_input, context, self._sync_sender)
             update = self._finish(chat_id, state_id, step, result)
-            if section is not None:  # the message pipeline's bookkeeping rides along unchanged
-                update = merge(update, section, chat_id)
+            # The message pipeline's bookkeeping rides along unchanged; merge also refuses a
+            # step's own use of its reserved key (even on a chat with no section yet).
+            update = merge(update, section if section is not None else Section(), chat_id)
             _call_manager(turn.commit, update)
         except BaseException as exc:
             _release_after_failure(turn.close, chat_id, exc)
@@ -267,8 +268,7 @@ class ChatOrchestrator:
                 step, state_id, chat_id, user_input, context, self.sender
             )
             update = self._finish(chat_id, state_id, step, result)
-            if section is not None:
-                update = merge(update, section, chat_id)
+            update = merge(update, section if section is not None else Section(), chat_id)
             await _acall_manager(turn.commit, update)
         except BaseException as exc:
             # Shielded: a second cancellation must not leave the chat leased.

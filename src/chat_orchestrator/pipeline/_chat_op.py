@@ -402,12 +402,26 @@ def _turn(
     version to build on (None: failed, or the manager reports no version)."""
     chat_id = lease.chat_id
     scope = TurnScope(event, now)
+    # The turn's bookkeeping is staged on a copy: output that cannot be stored (a reserved
+    # key, a lone surrogate, too deep, not JSON) fails the turn like a failing step (retried,
+    # then parked) and leaves the section as it was for that bookkeeping.
+    staged = _copy(section)
     try:
         step, state_id, context, _ = orchestrator._prepare(chat_id, record, state)
         if record is not None:
             context = user_context
         result, sent = yield RunStep(step, state_id, chat_id, event.user_input, context, scope)
         update = orchestrator._finish(chat_id, state_id, step, result)
+        # Success: one write holds the new state, the event consumed, the replies, the timers.
+        if not is_timer:
+            staged.done.append(event.key)
+        if staged.fail is not None and staged.fail.key == event.key:
+            staged.fail = None
+        for chat, text, options in sent:
+            staged.out.append(OutItem(staged.next_n, chat, text, options))
+            staged.next_n += 1
+        _apply_timers(orchestrator, staged, scope, update.state_id)
+        version = yield Commit(lease, merge(update, staged, chat_id))
     except TurnError as exc:
         # The step's fault: count the try, retry with backoff, park after the last one.
         if is_timer:
@@ -430,18 +444,27 @@ def _turn(
             settings, lease, record, orchestrator, user_context, section, event, exc, outcome
         )
         return None
-    # Success: one write holds the new state, the event consumed, the replies, the timers.
-    if not is_timer:
-        section.done.append(event.key)
-    if section.fail is not None and section.fail.key == event.key:
-        section.fail = None
-    for chat, text, options in sent:
-        section.out.append(OutItem(section.next_n, chat, text, options))
-        section.next_n += 1
-    _apply_timers(orchestrator, section, scope, update.state_id)
-    version = yield Commit(lease, merge(update, section, chat_id))
+    _adopt(section, staged)
     outcome.turns += 1
     return None if version is None else (version, update)
+
+
+def _copy(section: Section) -> Section:
+    """A copy a turn may change (it only appends and replaces, never edits an item)."""
+    return Section(
+        list(section.done),
+        list(section.out),
+        section.next_n,
+        dict(section.timers),
+        section.fail,
+        section.last_sent,
+    )
+
+
+def _adopt(section: Section, staged: Section) -> None:
+    """Make ``section`` (the pass's own object) what the committed ``staged`` is."""
+    section.done, section.out, section.next_n = staged.done, staged.out, staged.next_n
+    section.timers, section.fail, section.last_sent = staged.timers, staged.fail, staged.last_sent
 
 
 def _apply_timers(

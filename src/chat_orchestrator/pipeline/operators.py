@@ -9,6 +9,7 @@ outbox, in the same conditional write as any turn. Each drops the letter only af
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -18,7 +19,11 @@ from chat_orchestrator.errors import PipelineError, VersionConflictError
 from chat_orchestrator.pipeline.events import Event
 from chat_orchestrator.pipeline.section import OutItem, merge, split
 from chat_orchestrator.pipeline.store import DeadLetter, PipelineStore
-from chat_orchestrator.state_managers.base import StateManager, StateUpdate
+from chat_orchestrator.state_managers.base import (
+    MAX_CLAIM_KEY_LENGTH,
+    StateManager,
+    StateUpdate,
+)
 
 __all__ = ["drop_letter", "find_letter", "replay_letter"]
 
@@ -44,7 +49,7 @@ def replay_letter(manager: StateManager, letter_id: str) -> str:
     letter = find_letter(store, letter_id)
     if letter.kind == "event":
         event = Event.from_json(letter.body)
-        key = f"replay:{int(time.time() * 1000)}:{event.key}"
+        key = _replay_key(letter, event.key)
         copy = Event(key, event.chat_id, event.user_input, event.kind, event.channel, event.data)
         store.add([copy])
     elif letter.kind == "send":
@@ -54,6 +59,16 @@ def replay_letter(manager: StateManager, letter_id: str) -> str:
     store.drop_dead(letter_id)
     log.info("dead letter %s replayed by an operator as %s", letter_id, key)
     return key
+
+
+def _replay_key(letter: DeadLetter, key: str) -> str:
+    """The copy's key: new (the original's dedup mark must not hide it), but the same for
+    every replay of this letter, so a replay repeated after a failed drop stores nothing
+    twice. Bounded: a key of the longest size still replays."""
+    name = f"{letter.id}\x00{letter.at!r}".encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(name).hexdigest()[:24]
+    head = f"replay:{digest}:"
+    return head + key[: MAX_CLAIM_KEY_LENGTH - len(head)]
 
 
 def _resend(manager: StateManager, letter: DeadLetter) -> str:

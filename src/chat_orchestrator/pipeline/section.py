@@ -17,10 +17,10 @@ see the key; direct-mode turns carry it over unchanged.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from chat_orchestrator._jsonctx import encode_context
 from chat_orchestrator.errors import ContextSerializationError, CorruptStateError
 from chat_orchestrator.state_managers.base import StateUpdate
 
@@ -28,6 +28,7 @@ __all__ = ["PIPELINE_KEY", "Failure", "OutItem", "Section", "Timer", "merge", "s
 
 #: The reserved context key of the pipeline's section (a step's context may not use it).
 PIPELINE_KEY = "__pipeline__"
+_WRAP_HEAD = f'{{"{PIPELINE_KEY}":'
 
 
 @dataclass(slots=True)
@@ -194,8 +195,11 @@ def merge(update: StateUpdate, section: Section, chat_id: str = "?") -> StateUpd
         return update
     body = section.to_dict()
     try:
-        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        # The context's own rules (depth counted from the record's context, lone surrogates,
+        # NaN, non-str keys): what is written here must read back, or the chat is lost.
+        wrapped = encode_context({PIPELINE_KEY: body})
+        text = wrapped[len(_WRAP_HEAD) : -1]
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ContextSerializationError(
             f"the pipeline section cannot be stored: {exc}",
             chat_id=chat_id,

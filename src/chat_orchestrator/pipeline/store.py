@@ -47,6 +47,30 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+#: Largest time (or duration) in seconds a store accepts: its milliseconds fit every backend.
+_MAX_SECONDS = 1e13
+
+
+def _ms(value: object, what: str) -> int:
+    """``value`` seconds as integer milliseconds; PipelineError unless a finite number in
+    range (NaN, infinities, 1e300, bools and strings never reach a store)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PipelineError(f"{what} must be a number of seconds, not {value!r}")
+    if not -_MAX_SECONDS <= value <= _MAX_SECONDS:  # False for NaN too
+        raise PipelineError(f"{what} must be a finite number of seconds in range, not {value!r}")
+    return int(value * 1000)
+
+
+def _limit(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PipelineError(f"limit must be an int, not {value!r}")
+    return max(0, value)
+
+
+def _at(value: float | None, what: str) -> int | None:
+    return None if value is None else _ms(value, what)
+
+
 @dataclass(frozen=True, slots=True)
 class Taken:
     """A chat a worker took from the work index: its lease, and the index's stamp then."""
@@ -213,7 +237,7 @@ class PipelineStore(ABC):
             for key, text in encoded:
                 unique.setdefault(key, text)
             encoded = list(unique.items())
-        retention_ms = max(1, int(retention * 1000))
+        retention_ms = max(1, _ms(retention, "retention"))
         added = yield from self._add_op(chat_id, encoded, retention_ms, now_ms())
         by_key = dict(zip((key for key, _ in encoded), added, strict=True))
         first: dict[str, bool] = {}
@@ -224,10 +248,12 @@ class PipelineStore(ABC):
         return result
 
     def pending(self, chat_id: str, limit: int = 20) -> list[Event]:
-        return [Event.from_json(text) for text in self._run(self._pending_op(chat_id, limit))]
+        return [
+            Event.from_json(text) for text in self._run(self._pending_op(chat_id, _limit(limit)))
+        ]
 
     async def pending_async(self, chat_id: str, limit: int = 20) -> list[Event]:
-        texts = await self._run_async(self._pending_op(chat_id, limit))
+        texts = await self._run_async(self._pending_op(chat_id, _limit(limit)))
         return [Event.from_json(text) for text in texts]
 
     def finish(self, chat_id: str, keys: Sequence[str]) -> None:
@@ -240,17 +266,17 @@ class PipelineStore(ABC):
 
     def schedule(self, chat_id: str, at: float) -> None:
         """Make sure a worker looks at ``chat_id`` at epoch time ``at`` (or earlier)."""
-        self._run(self._schedule_op(validate_chat_id(chat_id), int(at * 1000)))
+        self._run(self._schedule_op(validate_chat_id(chat_id), _ms(at, "at")))
 
     async def schedule_async(self, chat_id: str, at: float) -> None:
-        await self._run_async(self._schedule_op(validate_chat_id(chat_id), int(at * 1000)))
+        await self._run_async(self._schedule_op(validate_chat_id(chat_id), _ms(at, "at")))
 
     def take(self, owner: str, lease: float) -> Taken | None:
-        got = self._run(self._take_op(now_ms(), int(lease * 1000), owner))
+        got = self._run(self._take_op(now_ms(), _ms(lease, "lease"), owner))
         return None if got is None else Taken(got[0], owner, got[1])
 
     async def take_async(self, owner: str, lease: float) -> Taken | None:
-        got = await self._run_async(self._take_op(now_ms(), int(lease * 1000), owner))
+        got = await self._run_async(self._take_op(now_ms(), _ms(lease, "lease"), owner))
         return None if got is None else Taken(got[0], owner, got[1])
 
     def take_pending(
@@ -258,7 +284,7 @@ class PipelineStore(ABC):
     ) -> tuple[Taken, list[Event]] | None:
         """Take a ready chat and read its oldest pending events, in as few round trips as the
         store can."""
-        got = self._run(self._take_pending_op(now_ms(), int(lease * 1000), owner, limit))
+        got = self._run(self._take_pending_op(now_ms(), _ms(lease, "lease"), owner, _limit(limit)))
         if got is None:
             return None
         return Taken(got[0], owner, got[1]), [Event.from_json(text) for text in got[2]]
@@ -266,7 +292,7 @@ class PipelineStore(ABC):
     async def take_pending_async(
         self, owner: str, lease: float, limit: int = 20
     ) -> tuple[Taken, list[Event]] | None:
-        op = self._take_pending_op(now_ms(), int(lease * 1000), owner, limit)
+        op = self._take_pending_op(now_ms(), _ms(lease, "lease"), owner, _limit(limit))
         got = await self._run_async(op)
         if got is None:
             return None
@@ -274,30 +300,30 @@ class PipelineStore(ABC):
 
     def finish_release(self, taken: Taken, keys: Sequence[str], next_at: float | None) -> None:
         """Mark ``keys`` done and end the lease (see :meth:`release`)."""
-        at = None if next_at is None else int(next_at * 1000)
+        at = _at(next_at, "next_at")
         op = self._finish_release_op(taken.chat_id, list(keys), taken.owner, taken.stamp, at)
         self._run(op)
 
     async def finish_release_async(
         self, taken: Taken, keys: Sequence[str], next_at: float | None
     ) -> None:
-        at = None if next_at is None else int(next_at * 1000)
+        at = _at(next_at, "next_at")
         op = self._finish_release_op(taken.chat_id, list(keys), taken.owner, taken.stamp, at)
         await self._run_async(op)
 
     def renew(self, taken: Taken, lease: float) -> bool:
-        return self._run(self._renew_op(taken.chat_id, taken.owner, now_ms() + int(lease * 1000)))
+        return self._run(self._renew_op(taken.chat_id, taken.owner, now_ms() + _ms(lease, "lease")))
 
     async def renew_async(self, taken: Taken, lease: float) -> bool:
-        until = now_ms() + int(lease * 1000)
+        until = now_ms() + _ms(lease, "lease")
         return await self._run_async(self._renew_op(taken.chat_id, taken.owner, until))
 
     def release(self, taken: Taken, next_at: float | None) -> None:
-        at = None if next_at is None else int(next_at * 1000)
+        at = _at(next_at, "next_at")
         self._run(self._release_op(taken.chat_id, taken.owner, taken.stamp, at))
 
     async def release_async(self, taken: Taken, next_at: float | None) -> None:
-        at = None if next_at is None else int(next_at * 1000)
+        at = _at(next_at, "next_at")
         await self._run_async(self._release_op(taken.chat_id, taken.owner, taken.stamp, at))
 
     def next_ready(self) -> float | None:
@@ -315,13 +341,13 @@ class PipelineStore(ABC):
         await self._run_async(self._park_op(letter))
 
     def dead_letters(self, limit: int = 1000, chat_id: str | None = None) -> list[DeadLetter]:
-        texts = self._run(self._dead_op(limit, chat_id))
+        texts = self._run(self._dead_op(_limit(limit), chat_id))
         return [DeadLetter.from_json(text) for text in texts]
 
     async def dead_letters_async(
         self, limit: int = 1000, chat_id: str | None = None
     ) -> list[DeadLetter]:
-        texts = await self._run_async(self._dead_op(limit, chat_id))
+        texts = await self._run_async(self._dead_op(_limit(limit), chat_id))
         return [DeadLetter.from_json(text) for text in texts]
 
     def drop_dead(self, letter_id: str) -> bool:
