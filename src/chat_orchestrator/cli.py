@@ -34,8 +34,8 @@ from chat_orchestrator._cli_chats import (
     store_argument,
 )
 from chat_orchestrator._cli_pipeline import add_pipeline_commands
-from chat_orchestrator._cli_telegram import add_telegram_command
 from chat_orchestrator._cli_store import add_store_command
+from chat_orchestrator._cli_telegram import add_telegram_command
 from chat_orchestrator.conversation import Conversation
 from chat_orchestrator.errors import ChatOrchestratorError, InvalidChatIdError
 from chat_orchestrator.orchestrator import ChatOrchestrator

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from chat_orchestrator import ChatOrchestrator, RecordingSender
-from chat_orchestrator.errors import ContextSerializationError
+from chat_orchestrator.errors import ContextSerializationError, PipelineError
 from chat_orchestrator.pipeline.events import Event
 from chat_orchestrator.pipeline.scope import schedule_timer
 from chat_orchestrator.pipeline.section import PIPELINE_KEY
@@ -207,3 +207,11 @@ def test_store_times_out_of_range_get_the_librarys_error(manager: StateManager, 
         store.dead_letters(limit="x")  # type: ignore[arg-type]
     assert store.next_ready() is None
     assert store.pending("c") == []
+
+
+@pytest.mark.parametrize("when", [{"at": 10**400}, {"after": 10**400}, {"after": -(10**400)}])
+def test_timers_beyond_any_float_are_a_pipeline_error(when: dict[str, Any]) -> None:
+    from chat_orchestrator.pipeline.scope import TurnScope, open_scope
+
+    with open_scope(TurnScope(Event("k", "c", None), time.time())), pytest.raises(PipelineError):
+        schedule_timer("t", **when)

@@ -108,14 +108,20 @@ def schedule_timer(
         delay = after.total_seconds() if isinstance(after, timedelta) else after
         if isinstance(delay, bool) or not isinstance(delay, int | float):
             raise PipelineError(f"after= must be a timedelta or seconds, not {after!r}")
-        due = scope.now + delay
+        try:
+            due = scope.now + delay
+        except OverflowError:  # after=10**400: an int beyond any float
+            due = math.inf
     else:
         if isinstance(at, datetime):
             if at.tzinfo is None:
                 raise PipelineError("at= must be an aware datetime (naive times are ambiguous)")
             due = at.timestamp()
         elif isinstance(at, int | float) and not isinstance(at, bool):
-            due = float(at)
+            try:
+                due = float(at)
+            except OverflowError:  # an int beyond any float: no time at all
+                due = math.inf
         else:
             raise PipelineError(f"at= must be an aware datetime or epoch seconds, not {at!r}")
     if not math.isfinite(due) or due - scope.now > _MAX_DELAY:
