@@ -90,9 +90,10 @@ class FlakyGraph(GraphStandIn):
         self.server.shutdown()
         self.server.server_close()
 
-    def accept(self) -> None:
-        """Listen again on the same port (after ``refuse``), answering 200."""
-        self.mode = "ok"
+    def accept(self, mode: str = "ok") -> None:
+        """Listen again on the same port (after ``refuse``), in ``mode`` from the first
+        request on (set before listening: a request must not slip in between)."""
+        self.mode = mode
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -406,7 +407,7 @@ def test_graph_outage_then_every_reply_once_in_order(rig: Rig) -> None:
             rig.graph.refuse()
         else:
             if rig.graph.mode == "refused":
-                rig.graph.accept()
+                rig.graph.accept(phase)
             rig.graph.mode = phase
         chunk = during[n * len(during) // 3 : (n + 1) * len(during) // 3]
         phase_end = outage_started + outage * (n + 1) / 3
