@@ -81,7 +81,14 @@ def mongo_uri(request: pytest.FixtureRequest, real: bool) -> str:
 @pytest.fixture(params=BACKENDS)
 def manager_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ManagerFactory]:
     """Builds managers of one backend that all see the same (initially empty) store."""
-    kind = request.param
+    yield from build_managers(request.param, request, tmp_path)
+
+
+def build_managers(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[ManagerFactory]:
+    """The body of a factory fixture for backend ``kind`` (``yield from`` it): yields the
+    factory, then cleans up what it built."""
     if kind == "memory":
         shared_memory = InMemoryStateManager()
         yield lambda: shared_memory

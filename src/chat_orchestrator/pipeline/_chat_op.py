@@ -81,11 +81,6 @@ class Park:
 
 
 @dataclass(frozen=True, slots=True)
-class Renew:
-    taken: Taken
-
-
-@dataclass(frozen=True, slots=True)
 class Release:
     """Mark ``keys`` done in the inbox and end the work lease (one command: stores fuse it)."""
 
@@ -189,22 +184,16 @@ def _one_action(
     # 1. Replies already committed go out first, in order. Their removal is stored by the
     #    next write under this lease (the next turn's, or one of its own), so a backlog
     #    costs one write per turn, not two; a crash before that write sends them again.
-    changed = False
-    while section.out:
-        item = section.out[0]
-        if max(item.after, section.last_sent + settings.per_chat_interval) > now:
-            break
-        changed = True
-        if not (yield from _deliver(settings, chat_id, section, item, outcome)):
-            break  # a transient failure: this chat's later replies wait behind it
-        now = time.time()
+    changed = yield from _deliver_ready(settings, chat_id, section, outcome)
+    now = time.time()
 
     # 2. Due timers, earliest first.
     due = [timer for timer in section.timers.values() if timer.due <= now]
     if due and record is not None:
         timer = min(due, key=lambda t: t.due)
-        yield from _fire(orchestrator, settings, lease, record, user_context, section, timer, now)
-        outcome.turns += 1
+        yield from _fire(
+            orchestrator, settings, lease, record, user_context, section, timer, now, outcome
+        )
         return None
 
     # 3. The oldest pending event the record has not consumed.
@@ -236,6 +225,23 @@ def _one_action(
     return _IDLE if nxt is None else nxt
 
 
+def _deliver_ready(
+    settings: WorkerSettings, chat_id: str, section: Section, outcome: Outcome
+) -> Op[bool]:
+    """Send the chat's replies that are due, in order; True when the section changed."""
+    changed = False
+    now = time.time()
+    while section.out:
+        item = section.out[0]
+        if max(item.after, section.last_sent + settings.per_chat_interval) > now:
+            break
+        changed = True
+        if not (yield from _deliver(settings, chat_id, section, item, outcome)):
+            break  # a transient failure: this chat's later replies wait behind it
+        now = time.time()
+    return changed
+
+
 def _send_committed(
     settings: WorkerSettings,
     chat_id: str,
@@ -246,17 +252,7 @@ def _send_committed(
     """Deliver the replies the turn just committed, then mark them with one conditional
     write on the version that commit made. Returns when to look at the chat again."""
     version, update = committed
-    changed = False
-    now = time.time()
-    while section.out:
-        item = section.out[0]
-        if max(item.after, section.last_sent + settings.per_chat_interval) > now:
-            break
-        changed = True
-        if not (yield from _deliver(settings, chat_id, section, item, outcome)):
-            break
-        now = time.time()
-    if changed:
+    if (yield from _deliver_ready(settings, chat_id, section, outcome)):
         yield Mark(chat_id, merge(update, section, chat_id), version)
     if section.out and section.out[0].after <= time.time():
         return None
@@ -347,6 +343,7 @@ def _fire(
     section: Section,
     timer: Timer,
     now: float,
+    outcome: Outcome,
 ) -> Op[None]:
     chat_id = lease.chat_id
     del section.timers[timer.name]
@@ -368,7 +365,6 @@ def _fire(
         kind=TIMER,
         data={"timer": timer.name, "due": timer.due, "state": timer.state, **timer.data},
     )
-    outcome = Outcome()
     yield from _turn(
         orchestrator,
         settings,

@@ -41,7 +41,6 @@ from chat_orchestrator.pipeline._chat_op import (
     Outcome,
     Park,
     Release,
-    Renew,
     RunStep,
     Send,
     chat_op,
@@ -50,7 +49,6 @@ from chat_orchestrator.pipeline.outbox import AsyncOutboxSender, OutboxSender, R
 from chat_orchestrator.pipeline.scope import open_scope
 from chat_orchestrator.pipeline.store import PipelineStore, Taken
 from chat_orchestrator.senders._views import AnySender, as_async, as_sync
-from chat_orchestrator.state_managers._leased import LeasedStateManager
 from chat_orchestrator.state_managers.async_base import require_sync
 from chat_orchestrator.state_managers.base import StateManager
 
@@ -151,7 +149,7 @@ class Worker:
         self.manager = require_sync(self.orchestrator.state_manager)
         # Leased stores write conditionally in one atomic operation, without their lease: a
         # delivery's bookkeeping then needs no lease of its own (one round trip, not two).
-        self._fast_mark = isinstance(self.manager, LeasedStateManager)
+        self._fast_mark = self.manager.atomic_compare_and_set
         chosen: AnySender = sender if sender is not None else self.orchestrator.sender
         single = getattr(chosen, "without_retries", None)
         self.sender: AnySender = single() if callable(single) else chosen
@@ -305,8 +303,6 @@ class Worker:
             command.lease.close()
         elif isinstance(command, Park):
             store.park(command.letter)
-        elif isinstance(command, Renew):
-            return store.renew(command.taken, self.settings.lease)
         elif isinstance(command, Release):
             store.finish_release(command.taken, command.keys, command.next_at)
         else:
@@ -403,8 +399,6 @@ class Worker:
             await command.lease.close()
         elif isinstance(command, Park):
             await store.park_async(command.letter)
-        elif isinstance(command, Renew):
-            return await store.renew_async(command.taken, self.settings.lease)
         elif isinstance(command, Release):
             await store.finish_release_async(command.taken, command.keys, command.next_at)
         else:

@@ -221,6 +221,8 @@ class LeasedStateManager(RecordStateManager):
     send the same scripts and queries and interoperate.
     """
 
+    atomic_compare_and_set = True  # one conditional write that also respects others' leases
+
     _lock_timeout: float | None
     _lease_ms: int
     _address: str

@@ -302,6 +302,10 @@ class StateManager(ABC):
     #: state ids and claim keys holding ``"\x00"`` with InvalidChatIdError (or its
     #: subclasses), and the conformance kit checks that refusal instead of the round trip.
     stores_nul: ClassVar[bool] = True
+    #: True when ``compare_and_set`` is one atomic conditional write that needs no lock of
+    #: the caller's (it refuses a chat another turn holds): the message pipeline then marks
+    #: a delivery with it instead of taking the chat's lock again.
+    atomic_compare_and_set: ClassVar[bool] = False
 
     # -- the original three methods -------------------------------------------------------
     @abstractmethod
